@@ -79,6 +79,11 @@ impl Frame {
         &self.payload[..self.method_len]
     }
 
+    /// The method name as a cheap handle on the received bytes, for echoing in the reply.
+    pub fn method_bytes(&self) -> Bytes {
+        self.payload.slice(..self.method_len)
+    }
+
     /// The body after the method name.
     pub fn body(&self) -> Bytes {
         self.payload.slice(self.method_len..)

@@ -1,0 +1,94 @@
+//! rrkv: a key-value server that speaks RoadRunner's KV RPC.
+//!
+//! The request path: socket → [`connection`] (frames) → [`rpc`] (method, codec, body) →
+//! [`kv`] (validation, routing by storage name) → a [`storage::Storage`] driver.
+//! [`config`] reads `.rr.yaml`; [`server`] listens and shuts down gracefully.
+
+pub mod config;
+pub mod connection;
+pub mod drivers;
+pub mod kv;
+pub mod rpc;
+pub mod server;
+pub mod storage;
+pub mod timeout;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rrkv_protocol::Address;
+
+use crate::config::Config;
+use crate::drivers::BuildContext;
+use crate::kv::KvService;
+use crate::rpc::Dispatcher;
+use crate::server::{Listener, ServeOptions};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: Address,
+        source: std::io::Error,
+    },
+}
+
+/// A server whose storages are built and whose socket is bound, ready to accept.
+pub struct Server {
+    listener: Listener,
+    dispatcher: Arc<Dispatcher>,
+    options: ServeOptions,
+}
+
+impl Server {
+    /// Builds every storage, then binds the listener, so no connection is accepted before
+    /// every storage exists (PHP workers may call `kv.*` the moment they boot).
+    pub async fn start(
+        config: &Config,
+        listen: &Address,
+        ctx: &BuildContext,
+        options: ServeOptions,
+    ) -> Result<Server, StartError> {
+        let mut storages = Vec::new();
+        for storage in &config.storages {
+            let built = match drivers::build(config, storage, ctx) {
+                Ok(built) => built,
+                Err(e) => {
+                    KvService::new(storages).close_all().await;
+                    return Err(e.into());
+                }
+            };
+            tracing::info!(storage = %storage.name, driver = %storage.driver, "storage ready");
+            storages.push((storage.name.clone(), built));
+        }
+        let kv = KvService::new(storages);
+        let listener = match Listener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                kv.close_all().await;
+                return Err(StartError::Listen {
+                    address: listen.clone(),
+                    source,
+                });
+            }
+        };
+        Ok(Server {
+            listener,
+            dispatcher: Arc::new(Dispatcher::new(kv)),
+            options,
+        })
+    }
+
+    /// The bound address (with the real port if port 0 was asked for).
+    pub fn local_address(&self) -> Address {
+        self.listener.local_address()
+    }
+
+    /// Serves until `shutdown` completes; see [`server::serve`].
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        server::serve(self.listener, self.dispatcher, self.options, shutdown).await
+    }
+}

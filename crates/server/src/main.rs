@@ -1,0 +1,149 @@
+//! The `rrkv` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rrkv::config::Config;
+use rrkv::drivers::BuildContext;
+use rrkv::server::ServeOptions;
+use rrkv::Server;
+use rrkv_protocol::Address;
+
+/// mimalloc returns freed pages to the OS promptly, so memory comes back after keys expire.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A key-value server that speaks RoadRunner's KV RPC (goridge + kv.v1 protobuf).
+///
+/// PHP applications using spiral/roadrunner-kv work unchanged when pointed at it, and an
+/// existing .rr.yaml (rpc.listen, kv storages) configures it.
+#[derive(Parser, Debug)]
+#[command(name = "rrkv", version, propagate_version = true)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace. RUST_LOG, when set, takes precedence
+    /// and accepts per-module filters (e.g. RUST_LOG=rrkv=debug).
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    ///
+    /// Reads a RoadRunner-style YAML file: the one given with -c, else .rr.yaml in the
+    /// working directory if it exists. Without a file, serves one memory storage named
+    /// "default" on tcp://127.0.0.1:6001.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Configuration file (RoadRunner .rr.yaml format: rpc.listen and kv sections are read,
+    /// other sections ignored).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Listen address, overriding rpc.listen: tcp://host:port or unix:///path/to.sock.
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Option<Address>,
+
+    /// Largest frame payload accepted, in bytes; a larger frame closes its connection.
+    #[arg(long, value_name = "BYTES", default_value_t = rrkv_protocol::frame::DEFAULT_MAX_PAYLOAD)]
+    max_frame_size: usize,
+
+    /// Calls one connection may have running at once; reading pauses beyond it.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_inflight: usize,
+
+    /// Seconds that in-flight calls get to finish after SIGINT or SIGTERM.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    shutdown_timeout: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rrkv: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("rrkv: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None if Path::new(".rr.yaml").exists() => Config::load(Path::new(".rr.yaml"))?,
+        None => {
+            tracing::info!(
+                "no configuration file (-c not given, no .rr.yaml here): serving one memory storage named \"default\""
+            );
+            Config::builtin_default()
+        }
+    };
+    if let Some(path) = &config.source {
+        tracing::info!(file = %path.display(), storages = config.storages.len(), "configuration loaded");
+    }
+    let listen = args.listen.clone().unwrap_or_else(|| config.listen.clone());
+    if args.shutdown_timeout.is_nan() || args.shutdown_timeout < 0.0 {
+        anyhow::bail!("--shutdown-timeout must be a number of seconds >= 0");
+    }
+    let options = ServeOptions {
+        limits: rrkv::connection::Limits {
+            max_payload: args.max_frame_size,
+            max_inflight: args.max_inflight.max(1),
+        },
+        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+    };
+    let server = Server::start(&config, &listen, &BuildContext::default(), options).await?;
+    tracing::info!(address = %server.local_address(), "listening");
+    server.serve(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
