@@ -1,0 +1,86 @@
+//! A server running inside the test process, on a free loopback port or a temp socket.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use rrkv::config::Config;
+use rrkv::drivers::BuildContext;
+use rrkv::server::ServeOptions;
+use rrkv::Server;
+use rrkv_client::{Address, Client};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub address: Address,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server for `yaml` (its rpc.listen is replaced by `listen`).
+    pub async fn start_at(yaml: &str, listen: &str, ctx: BuildContext, options: ServeOptions) -> TestServer {
+        let config = Config::parse(yaml, "test.yaml", &|_| None).expect("test config");
+        let server = Server::start(&config, &listen.parse().unwrap(), &ctx, options)
+            .await
+            .expect("server starts");
+        let address = server.local_address();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Two memory storages, `memory` and `other`, on a free TCP port.
+    pub async fn memory() -> TestServer {
+        TestServer::start_at(TWO_MEMORY, "tcp://127.0.0.1:0", BuildContext::default(), ServeOptions::default()).await
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.address).await.expect("connect")
+    }
+
+    /// Stops the server and waits until it has closed its storages.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+pub const TWO_MEMORY: &str = "kv:\n  memory:\n    driver: memory\n    config: {}\n  other:\n    driver: memory\n";
+
+pub fn ctx_with_clock(clock: Arc<dyn rrkv_engine::Clock>) -> BuildContext {
+    BuildContext { clock }
+}
+
+/// An RFC 3339 deadline `ms` milliseconds from now, with a fraction.
+pub fn in_ms(ms: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(ms)).to_string()
+}
+
+pub fn item(key: &str, value: &str, timeout: &str) -> rrkv_client::Item {
+    rrkv_client::Item {
+        key: key.into(),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        timeout: timeout.into(),
+    }
+}
+
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The text of a server error, or a panic if the call did not fail that way.
+pub fn server_error<T: std::fmt::Debug>(r: Result<T, rrkv_client::Error>) -> String {
+    match r {
+        Err(rrkv_client::Error::Server { text, .. }) => text,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
