@@ -19,9 +19,9 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use rrkv_protocol::frame::{self, flags, Frame, FrameError, DEFAULT_MAX_PAYLOAD};
 pub use rrkv_protocol::kv::{Item, Request, Response};
 pub use rrkv_protocol::Address;
-use rrkv_protocol::frame::{self, flags, Frame, FrameError, DEFAULT_MAX_PAYLOAD};
 
 /// Anything a client can talk over: a TCP stream, a unix stream, or a test duplex.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -148,7 +148,8 @@ impl Client {
             slot_of_seq.insert(self.queue(method, request), i);
         }
         self.flush().await?;
-        let mut replies: Vec<Option<Result<Response, Error>>> = calls.iter().map(|_| None).collect();
+        let mut replies: Vec<Option<Result<Response, Error>>> =
+            calls.iter().map(|_| None).collect();
         for _ in 0..calls.len() {
             let frame = self.read_frame().await?;
             let Some(slot) = slot_of_seq.remove(&frame.seq) else {
@@ -159,10 +160,18 @@ impl Client {
             };
             replies[slot] = Some(reply_of(frame));
         }
-        Ok(replies.into_iter().map(|r| r.expect("every seq answered")).collect())
+        Ok(replies
+            .into_iter()
+            .map(|r| r.expect("every seq answered"))
+            .collect())
     }
 
-    async fn keys_call(&mut self, method: &str, storage: &str, keys: &[&str]) -> Result<Response, Error> {
+    async fn keys_call(
+        &mut self,
+        method: &str,
+        storage: &str,
+        keys: &[&str],
+    ) -> Result<Response, Error> {
         let request = Request {
             storage: storage.to_string(),
             items: keys.iter().map(|k| Item::key(*k)).collect(),
@@ -177,15 +186,27 @@ impl Client {
     }
 
     /// `kv.MGet`: `(key, value)` for the keys that exist.
-    pub async fn mget(&mut self, storage: &str, keys: &[&str]) -> Result<Vec<(String, Bytes)>, Error> {
+    pub async fn mget(
+        &mut self,
+        storage: &str,
+        keys: &[&str],
+    ) -> Result<Vec<(String, Bytes)>, Error> {
         let reply = self.keys_call("kv.MGet", storage, keys).await?;
         Ok(reply.items.into_iter().map(|i| (i.key, i.value)).collect())
     }
 
     /// `kv.TTL`: `(key, timeout)` for the keys that exist; an empty timeout means none.
-    pub async fn ttl(&mut self, storage: &str, keys: &[&str]) -> Result<Vec<(String, String)>, Error> {
+    pub async fn ttl(
+        &mut self,
+        storage: &str,
+        keys: &[&str],
+    ) -> Result<Vec<(String, String)>, Error> {
         let reply = self.keys_call("kv.TTL", storage, keys).await?;
-        Ok(reply.items.into_iter().map(|i| (i.key, i.timeout)).collect())
+        Ok(reply
+            .items
+            .into_iter()
+            .map(|i| (i.key, i.timeout))
+            .collect())
     }
 
     /// `kv.Set`.

@@ -177,8 +177,9 @@ impl Shard {
                 });
                 self.data_bytes += probe.key.len() + value.len();
                 let slots = &self.slots;
-                self.table
-                    .insert_unique(probe.hash, idx as u32, |&i| hash_key(slots[i as usize].key()));
+                self.table.insert_unique(probe.hash, idx as u32, |&i| {
+                    hash_key(slots[i as usize].key())
+                });
                 idx
             }
         };
@@ -374,7 +375,11 @@ impl Shard {
 
     /// Panics if an invariant of the module documentation does not hold. For tests.
     pub fn check_invariants(&self, hash_key: &impl Fn(&[u8]) -> u64) {
-        assert_eq!(self.table.len(), self.slots.len(), "one table entry per slot");
+        assert_eq!(
+            self.table.len(),
+            self.slots.len(),
+            "one table entry per slot"
+        );
         let mut data_bytes = 0;
         for (idx, slot) in self.slots.iter().enumerate() {
             data_bytes += slot.bytes.len();
@@ -392,7 +397,10 @@ impl Shard {
         for (pos, entry) in self.heap.iter().enumerate() {
             assert_eq!(self.slots[entry.slot as usize].heap_pos as usize, pos);
             if pos > 0 {
-                assert!(self.heap[(pos - 1) / 2].deadline <= entry.deadline, "heap order");
+                assert!(
+                    self.heap[(pos - 1) / 2].deadline <= entry.deadline,
+                    "heap order"
+                );
             }
         }
     }

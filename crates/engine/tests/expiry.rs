@@ -20,7 +20,11 @@ fn key_lives_until_its_deadline_to_the_millisecond() {
     assert!(e.contains(b"k"));
     assert_eq!(e.deadline(b"k"), Some(Some(T0 + 1500)));
     clock.set(T0 + 1500);
-    assert_eq!(e.get(b"k"), None, "expired at its deadline even before any sweep");
+    assert_eq!(
+        e.get(b"k"),
+        None,
+        "expired at its deadline even before any sweep"
+    );
     assert!(!e.contains(b"k"));
     assert_eq!(e.deadline(b"k"), None);
     assert_eq!(e.len(), 1, "still stored until the sweeper runs");
@@ -49,7 +53,10 @@ fn deadline_at_or_before_now_removes() {
     assert!(!e.contains(b"k"));
     assert_eq!(e.len(), 0, "removed, not stored expired");
     e.set(b"k", b"v", None);
-    assert!(e.expire(b"k", T0 - 5_000), "the key was live, and is now removed");
+    assert!(
+        e.expire(b"k", T0 - 5_000),
+        "the key was live, and is now removed"
+    );
     assert!(!e.contains(b"k"));
     assert_eq!(e.len(), 0);
 }
@@ -113,7 +120,10 @@ fn expire_changes_deadline_keeps_value_and_ignores_missing_keys() {
     assert_eq!(e.get(b"k").as_deref(), Some(&b"v"[..]));
     clock.set(T0 + 200);
     assert!(!e.contains(b"k"));
-    assert!(!e.expire(b"k", T0 + 10_000), "an expired key cannot be revived");
+    assert!(
+        !e.expire(b"k", T0 + 10_000),
+        "an expired key cannot be revived"
+    );
     assert_eq!(e.stats().index_entries, 1);
     e.purge_expired();
     assert_eq!(e.stats().index_entries, 0);
@@ -167,7 +177,11 @@ fn expire_racing_set_from_threads_never_loses_the_last_write() {
 fn one_key_set_with_ttl_a_million_times_leaves_one_entry() {
     let (e, clock) = engine();
     for i in 0..1_000_000u64 {
-        e.set(b"same-key", b"0123456789abcdef0123456789abcdef", Some(T0 + 2_000_000 + i));
+        e.set(
+            b"same-key",
+            b"0123456789abcdef0123456789abcdef",
+            Some(T0 + 2_000_000 + i),
+        );
         if i % 100_000 == 0 {
             clock.advance(1);
         }
@@ -175,8 +189,15 @@ fn one_key_set_with_ttl_a_million_times_leaves_one_entry() {
     let stats = e.stats();
     assert_eq!(stats.keys, 1);
     assert_eq!(stats.index_entries, 1);
-    assert!(stats.index_capacity <= 64, "index capacity {}", stats.index_capacity);
-    assert_eq!(e.deadline(b"same-key"), Some(Some(T0 + 2_000_000 + 999_999)));
+    assert!(
+        stats.index_capacity <= 64,
+        "index capacity {}",
+        stats.index_capacity
+    );
+    assert_eq!(
+        e.deadline(b"same-key"),
+        Some(Some(T0 + 2_000_000 + 999_999))
+    );
     e.check_invariants();
 }
 
@@ -191,10 +212,16 @@ fn tables_shrink_after_mass_expiry_and_delete() {
     clock.advance(1_000);
     assert_eq!(e.purge_expired().removed, 100_000);
     let empty = e.stats();
-    assert_eq!((empty.keys, empty.index_entries, empty.data_bytes), (0, 0, 0));
+    assert_eq!(
+        (empty.keys, empty.index_entries, empty.data_bytes),
+        (0, 0, 0)
+    );
     assert!(empty.slot_capacity <= 4 * 64, "slots shrank: {empty:?}");
     assert!(empty.index_capacity <= 4 * 64, "index shrank: {empty:?}");
-    assert!(empty.table_capacity < full.table_capacity / 16, "table shrank: {empty:?}");
+    assert!(
+        empty.table_capacity < full.table_capacity / 16,
+        "table shrank: {empty:?}"
+    );
 
     for i in 0..100_000u32 {
         e.set(format!("key:{i}").as_bytes(), &[0u8; 32], None);

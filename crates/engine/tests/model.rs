@@ -10,11 +10,22 @@ const T0: u64 = 1_800_000_000_000;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Set { key: u8, value: u8, ttl: Option<i64> },
-    Expire { key: u8, ttl: i64 },
-    Remove { key: u8 },
+    Set {
+        key: u8,
+        value: u8,
+        ttl: Option<i64>,
+    },
+    Expire {
+        key: u8,
+        ttl: i64,
+    },
+    Remove {
+        key: u8,
+    },
     Clear,
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
     Purge,
 }
 
@@ -47,7 +58,10 @@ impl Model {
 
 fn key_bytes(k: u8) -> Vec<u8> {
     // Vary key lengths so slots of different sizes are moved around.
-    vec![b'k'; 1 + (k as usize % 5)].into_iter().chain([k]).collect()
+    vec![b'k'; 1 + (k as usize % 5)]
+        .into_iter()
+        .chain([k])
+        .collect()
 }
 
 fn value_bytes(v: u8) -> Vec<u8> {

@@ -71,15 +71,45 @@ mod tests {
 
     #[test]
     fn parses_roadrunner_forms() {
-        assert_eq!("tcp://127.0.0.1:6001".parse(), Ok(Address::Tcp("127.0.0.1:6001".into())));
-        assert_eq!("tcp://:6001".parse(), Ok(Address::Tcp("0.0.0.0:6001".into())));
-        assert_eq!("tcp://[::1]:6001".parse(), Ok(Address::Tcp("[::1]:6001".into())));
-        assert_eq!("unix:///tmp/rr.sock".parse(), Ok(Address::Unix("/tmp/rr.sock".into())));
-        assert_eq!("unix://rr.sock".parse(), Ok(Address::Unix("rr.sock".into())));
-        assert!(matches!("127.0.0.1:6001".parse::<Address>(), Err(AddressError::NotDsn(_))));
-        assert!(matches!("http://x:1".parse::<Address>(), Err(AddressError::Scheme { .. })));
-        assert!(matches!("tcp://localhost".parse::<Address>(), Err(AddressError::Tcp(_))));
-        assert!(matches!("tcp://h:99999".parse::<Address>(), Err(AddressError::Tcp(_))));
-        assert_eq!(Address::Tcp("127.0.0.1:1".into()).to_string(), "tcp://127.0.0.1:1");
+        assert_eq!(
+            "tcp://127.0.0.1:6001".parse(),
+            Ok(Address::Tcp("127.0.0.1:6001".into()))
+        );
+        assert_eq!(
+            "tcp://:6001".parse(),
+            Ok(Address::Tcp("0.0.0.0:6001".into()))
+        );
+        assert_eq!(
+            "tcp://[::1]:6001".parse(),
+            Ok(Address::Tcp("[::1]:6001".into()))
+        );
+        assert_eq!(
+            "unix:///tmp/rr.sock".parse(),
+            Ok(Address::Unix("/tmp/rr.sock".into()))
+        );
+        assert_eq!(
+            "unix://rr.sock".parse(),
+            Ok(Address::Unix("rr.sock".into()))
+        );
+        assert!(matches!(
+            "127.0.0.1:6001".parse::<Address>(),
+            Err(AddressError::NotDsn(_))
+        ));
+        assert!(matches!(
+            "http://x:1".parse::<Address>(),
+            Err(AddressError::Scheme { .. })
+        ));
+        assert!(matches!(
+            "tcp://localhost".parse::<Address>(),
+            Err(AddressError::Tcp(_))
+        ));
+        assert!(matches!(
+            "tcp://h:99999".parse::<Address>(),
+            Err(AddressError::Tcp(_))
+        ));
+        assert_eq!(
+            Address::Tcp("127.0.0.1:1".into()).to_string(),
+            "tcp://127.0.0.1:1"
+        );
     }
 }

@@ -55,7 +55,10 @@ pub enum FrameError {
     #[error("frame has {0} option words; RPC frames must have 2 (SEQ_ID and METHOD_LEN)")]
     OptionCount(usize),
     #[error("frame method length {method_len} exceeds its payload length {payload_len}")]
-    MethodTooLong { method_len: usize, payload_len: usize },
+    MethodTooLong {
+        method_len: usize,
+        payload_len: usize,
+    },
     #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
     PayloadTooLarge { len: usize, max: usize },
 }
@@ -91,7 +94,13 @@ impl Frame {
 
     /// Appends this frame's bytes to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
-        put_header(dst, self.flags, self.seq, self.method_len, self.payload.len());
+        put_header(
+            dst,
+            self.flags,
+            self.seq,
+            self.method_len,
+            self.payload.len(),
+        );
         dst.put_slice(&self.payload);
     }
 
@@ -214,9 +223,14 @@ mod tests {
         let wire = hex("15 80 16 00 00 00 5A 8A 4D 26 00 00 01 00 00 00 06 00 00 00
             6B 76 2E 48 61 73 0A 07 64 65 66 61 75 6C 74 12 05 0A 03 66 6F 6F");
         let mut buf = BytesMut::from(&wire[..]);
-        let frame = Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD).unwrap().unwrap();
+        let frame = Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD)
+            .unwrap()
+            .unwrap();
         assert!(buf.is_empty());
-        assert_eq!((frame.flags, frame.seq, frame.method()), (0x80, 1, &b"kv.Has"[..]));
+        assert_eq!(
+            (frame.flags, frame.seq, frame.method()),
+            (0x80, 1, &b"kv.Has"[..])
+        );
         assert_eq!(frame.to_bytes().as_ref(), &wire[..]);
     }
 
@@ -224,14 +238,26 @@ mod tests {
     fn spec_example_error_reply_is_reproduced() {
         // Spec §1.5 (d) and (f).
         let mut dst = BytesMut::new();
-        put_error(&mut dst, flags::CODEC_PROTO, 1, b"kv.Has", "no such storage: ghost");
+        put_error(
+            &mut dst,
+            flags::CODEC_PROTO,
+            1,
+            b"kv.Has",
+            "no such storage: ghost",
+        );
         assert_eq!(
             dst.as_ref(),
             &hex("15 C0 1C 00 00 00 77 32 03 11 00 00 01 00 00 00 06 00 00 00
                 6B 76 2E 48 61 73 6E 6F 20 73 75 63 68 20 73 74 6F 72 61 67 65 3A 20 67 68 6F 73 74")[..]
         );
         let mut dst = BytesMut::new();
-        put_error(&mut dst, flags::CODEC_PROTO, 7, b"kv.Get", "rpc: can't find method kv.Get");
+        put_error(
+            &mut dst,
+            flags::CODEC_PROTO,
+            7,
+            b"kv.Get",
+            "rpc: can't find method kv.Get",
+        );
         assert_eq!(&dst[..10], &hex("15 C0 23 00 00 00 80 DA 4B B9")[..]);
     }
 
@@ -251,21 +277,30 @@ mod tests {
 
         let mut bad_crc = BytesMut::from(&good[..]);
         bad_crc[6] ^= 1;
-        assert!(matches!(Frame::decode(&mut bad_crc, 1024), Err(FrameError::BadCrc { .. })));
+        assert!(matches!(
+            Frame::decode(&mut bad_crc, 1024),
+            Err(FrameError::BadCrc { .. })
+        ));
 
         // Three option words, with a correct CRC.
         let mut three = BytesMut::from(&good[..]);
         three[0] = 0x16;
         let crc = crc32fast::hash(&three[..6]).to_le_bytes();
         three[6..10].copy_from_slice(&crc);
-        assert_eq!(Frame::decode(&mut three, 1024), Err(FrameError::OptionCount(3)));
+        assert_eq!(
+            Frame::decode(&mut three, 1024),
+            Err(FrameError::OptionCount(3))
+        );
 
         let mut long_method = BytesMut::new();
         put_header(&mut long_method, 0x80, 1, 50, 7);
         long_method.put_slice(b"kv.Has!");
         assert_eq!(
             Frame::decode(&mut long_method, 1024),
-            Err(FrameError::MethodTooLong { method_len: 50, payload_len: 7 })
+            Err(FrameError::MethodTooLong {
+                method_len: 50,
+                payload_len: 7
+            })
         );
 
         // The cap is checked from the base header alone, before the payload arrives.
@@ -274,7 +309,10 @@ mod tests {
         huge.truncate(BASE_HEADER_LEN);
         assert_eq!(
             Frame::decode(&mut huge, 1024),
-            Err(FrameError::PayloadTooLarge { len: 2048, max: 1024 })
+            Err(FrameError::PayloadTooLarge {
+                len: 2048,
+                max: 1024
+            })
         );
     }
 }

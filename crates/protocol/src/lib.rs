@@ -6,6 +6,8 @@
 //! * [`addr`]: `tcp://host:port` and `unix:///path` addresses as RoadRunner writes them.
 
 pub mod addr;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod frame;
 pub mod kv;
 pub mod rpc;

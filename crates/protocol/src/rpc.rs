@@ -65,8 +65,7 @@ pub fn unsupported_codec(codec: Codec) -> String {
 
 /// Splits `service.Method` at the last dot, as `net/rpc` does. The error is the reply text.
 pub fn split_method(name: &[u8]) -> Result<(&str, &str), String> {
-    let text = std::str::from_utf8(name)
-        .map_err(|_| ill_formed(&String::from_utf8_lossy(name)))?;
+    let text = std::str::from_utf8(name).map_err(|_| ill_formed(&String::from_utf8_lossy(name)))?;
     match text.rfind('.') {
         Some(dot) => Ok((&text[..dot], &text[dot + 1..])),
         None => Err(ill_formed(text)),
@@ -99,7 +98,11 @@ mod tests {
     #[test]
     fn codec_priority_follows_roadrunner() {
         assert_eq!(Codec::from_flags(0x80), Codec::Proto);
-        assert_eq!(Codec::from_flags(0xA0), Codec::Proto, "the Go client sends GOB|PROTO");
+        assert_eq!(
+            Codec::from_flags(0xA0),
+            Codec::Proto,
+            "the Go client sends GOB|PROTO"
+        );
         assert_eq!(Codec::from_flags(0x08 | 0x04), Codec::Json);
         assert_eq!(Codec::from_flags(0x14), Codec::Raw);
         assert_eq!(Codec::from_flags(0x10), Codec::Msgpack);
@@ -115,6 +118,9 @@ mod tests {
             Err("rpc: service/method request ill-formed: nodot".to_string())
         );
         assert_eq!(no_such_method("kv.Get"), "rpc: can't find method kv.Get");
-        assert_eq!(no_such_service("foo.Bar"), "rpc: can't find service foo.Bar");
+        assert_eq!(
+            no_such_service("foo.Bar"),
+            "rpc: can't find service foo.Bar"
+        );
     }
 }

@@ -1,43 +1,12 @@
 //! Frames captured from the real PHP client (spiral/roadrunner-kv 4.3, goridge-php 4.2):
 //! every request decodes to what the client meant, and our encoder reproduces it byte for
-//! byte. The file is a copy of `shared/spec/php-client-frames.txt`.
+//! byte.
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
+use rrkv_protocol::fixtures::php_client_frames;
 use rrkv_protocol::frame::{self, flags, Frame, DEFAULT_MAX_PAYLOAD};
 use rrkv_protocol::kv::{Item, Request, Response};
-
-pub struct Line {
-    pub request: bool,
-    pub seq: u32,
-    pub bytes: Vec<u8>,
-}
-
-fn lines() -> Vec<Line> {
-    include_str!("data/php-client-frames.txt")
-        .lines()
-        .filter(|l| l.starts_with("REQ") || l.starts_with("RSP"))
-        .map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            let seq = fields
-                .iter()
-                .find_map(|f| f.strip_prefix("seq="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            let hex = fields.last().unwrap();
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            Line {
-                request: l.starts_with("REQ"),
-                seq,
-                bytes,
-            }
-        })
-        .collect()
-}
 
 fn item(key: &str, value: &[u8], timeout: &str) -> Item {
     Item {
@@ -65,13 +34,21 @@ fn expected(seq: u32) -> (&'static str, Request) {
         5 => ("kv.MGet", req(vec![k("nope")])),
         6 => (
             "kv.Set",
-            req(vec![item("t", b"a:1:{s:1:\"a\";i:1;}", "2026-12-04T16:32:00+00:00")]),
+            req(vec![item(
+                "t",
+                b"a:1:{s:1:\"a\";i:1;}",
+                "2026-12-04T16:32:00+00:00",
+            )]),
         ),
         7 => ("kv.TTL", req(vec![k("t")])),
         8 => ("kv.TTL", req(vec![k("foo")])),
         9 => (
             "kv.Set",
-            req(vec![item("a", b"i:1;", ""), item("b", b"d:2.5;", ""), item("c", b"N;", "")]),
+            req(vec![
+                item("a", b"i:1;", ""),
+                item("b", b"d:2.5;", ""),
+                item("c", b"N;", ""),
+            ]),
         ),
         10 => ("kv.MGet", req(vec![k("a"), k("b"), k("c"), k("zz")])),
         11 => ("kv.Delete", req(vec![k("a")])),
@@ -90,11 +67,16 @@ fn expected(seq: u32) -> (&'static str, Request) {
 
 #[test]
 fn every_request_decodes_to_the_client_call_and_re_encodes_byte_for_byte() {
-    let requests: Vec<Line> = lines().into_iter().filter(|l| l.request).collect();
+    let requests: Vec<_> = php_client_frames()
+        .into_iter()
+        .filter(|l| l.request)
+        .collect();
     assert_eq!(requests.len(), 14);
     for line in requests {
         let mut buf = BytesMut::from(&line.bytes[..]);
-        let frame = Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD).unwrap().unwrap();
+        let frame = Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD)
+            .unwrap()
+            .unwrap();
         assert!(buf.is_empty(), "one frame per line");
         let (method, message) = expected(line.seq);
         assert_eq!(frame.seq, line.seq);
@@ -104,16 +86,29 @@ fn every_request_decodes_to_the_client_call_and_re_encodes_byte_for_byte() {
         assert_eq!(decoded, message, "seq {}", line.seq);
 
         let mut ours = BytesMut::new();
-        frame::put_message(&mut ours, flags::CODEC_PROTO, line.seq, method.as_bytes(), &message);
-        assert_eq!(ours.as_ref(), &line.bytes[..], "seq {} re-encoded", line.seq);
+        frame::put_message(
+            &mut ours,
+            flags::CODEC_PROTO,
+            line.seq,
+            method.as_bytes(),
+            &message,
+        );
+        assert_eq!(
+            ours.as_ref(),
+            &line.bytes[..],
+            "seq {} re-encoded",
+            line.seq
+        );
     }
 }
 
 #[test]
 fn every_reply_the_client_accepted_is_a_valid_frame() {
-    for line in lines().into_iter().filter(|l| !l.request) {
+    for line in php_client_frames().into_iter().filter(|l| !l.request) {
         let mut buf = BytesMut::from(&line.bytes[..]);
-        let frame = Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD).unwrap().unwrap();
+        let frame = Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD)
+            .unwrap()
+            .unwrap();
         assert_eq!(frame.seq, line.seq);
         if frame.flags & flags::ERROR == 0 {
             Response::decode(frame.body()).unwrap();

@@ -95,8 +95,8 @@ impl Config {
             key: key.map(str::to_string),
             message,
         };
-        let mut root: Value = serde_norway::from_str(text)
-            .map_err(|e| err(None, format!("not valid YAML: {e}")))?;
+        let mut root: Value =
+            serde_norway::from_str(text).map_err(|e| err(None, format!("not valid YAML: {e}")))?;
         if root.is_null() {
             root = Value::Mapping(Mapping::new());
         }
@@ -114,12 +114,18 @@ impl Config {
                 Some(other) => {
                     return Err(err(
                         Some("rpc.listen"),
-                        format!("expected a string like tcp://127.0.0.1:6001, found {}", kind(other)),
+                        format!(
+                            "expected a string like tcp://127.0.0.1:6001, found {}",
+                            kind(other)
+                        ),
                     ))
                 }
             },
             Some(other) => {
-                return Err(err(Some("rpc"), format!("expected a mapping, found {}", kind(other))))
+                return Err(err(
+                    Some("rpc"),
+                    format!("expected a mapping, found {}", kind(other)),
+                ))
             }
         };
         let listen: Address = listen
@@ -142,7 +148,10 @@ impl Config {
         let mut storages = Vec::new();
         for (name, entry) in kv {
             let Value::String(name) = name else {
-                return Err(err(Some("kv"), format!("storage names must be strings, found {}", kind(name))));
+                return Err(err(
+                    Some("kv"),
+                    format!("storage names must be strings, found {}", kind(name)),
+                ));
             };
             let key = |suffix: &str| format!("kv.{name}{suffix}");
             let entry = match entry {
@@ -154,7 +163,10 @@ impl Config {
                 other => {
                     return Err(err(
                         Some(&key("")),
-                        format!("expected a mapping with a `driver` key, found {}", kind(other)),
+                        format!(
+                            "expected a mapping with a `driver` key, found {}",
+                            kind(other)
+                        ),
                     ))
                 }
             };
@@ -170,13 +182,19 @@ impl Config {
                     ))
                 }
                 Some(other) => {
-                    return Err(err(Some(&key(".driver")), format!("expected a string, found {}", kind(other))))
+                    return Err(err(
+                        Some(&key(".driver")),
+                        format!("expected a string, found {}", kind(other)),
+                    ))
                 }
             };
             if !KNOWN_DRIVERS.contains(&driver.as_str()) {
                 return Err(err(
                     Some(&key(".driver")),
-                    format!("unknown driver {driver:?}; known drivers: {}", KNOWN_DRIVERS.join(", ")),
+                    format!(
+                        "unknown driver {driver:?}; known drivers: {}",
+                        KNOWN_DRIVERS.join(", ")
+                    ),
                 ));
             }
             let (options, options_path) = match entry.get("config") {
@@ -194,7 +212,10 @@ impl Config {
             });
         }
         if storages.is_empty() {
-            return Err(err(Some("kv"), "every storage entry is empty; nothing to serve".into()));
+            return Err(err(
+                Some("kv"),
+                "every storage entry is empty; nothing to serve".into(),
+            ));
         }
         Ok(Config {
             source: None,
@@ -297,7 +318,9 @@ mod tests {
 
     #[test]
     fn global_section_supplies_options() {
-        let c = parse("kv:\n  redis-rr:\n    driver: redis\nredis-rr:\n  addrs: ['127.0.0.1:6379']\n").unwrap();
+        let c =
+            parse("kv:\n  redis-rr:\n    driver: redis\nredis-rr:\n  addrs: ['127.0.0.1:6379']\n")
+                .unwrap();
         assert_eq!(c.storages[0].options_path, "redis-rr");
         assert!(c.storages[0].options.get("addrs").is_some());
     }
@@ -309,15 +332,23 @@ mod tests {
         assert_eq!(expand_str("${EMPTY:-d}", &env), "d");
         assert_eq!(expand_str("${NOPE}", &env), "");
         assert_eq!(expand_str("${UNCLOSED", &env), "${UNCLOSED");
-        let c = parse("kv:\n  a:\n    driver: memory\n    config:\n      db: ${NOPE:-3}\n").unwrap();
-        assert_eq!(c.storages[0].options.get("db"), Some(&Value::Number(3.into())));
+        let c =
+            parse("kv:\n  a:\n    driver: memory\n    config:\n      db: ${NOPE:-3}\n").unwrap();
+        assert_eq!(
+            c.storages[0].options.get("db"),
+            Some(&Value::Number(3.into()))
+        );
     }
 
     #[test]
     fn errors_name_file_storage_and_key() {
         let e = parse("kv:\n  s1:\n    config: {}\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("kv.s1.driver"));
-        assert!(e.to_string().starts_with("test.yaml: kv.s1.driver: missing"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("test.yaml: kv.s1.driver: missing"),
+            "{e}"
+        );
 
         let e = parse("kv:\n  s1:\n    driver: mongo\n").unwrap_err();
         assert_eq!(
@@ -325,12 +356,16 @@ mod tests {
             "test.yaml: kv.s1.driver: unknown driver \"mongo\"; known drivers: memory, boltdb, redis, memcached"
         );
 
-        let e = parse("rpc:\n  listen: 127.0.0.1:6001\nkv:\n  a:\n    driver: memory\n").unwrap_err();
+        let e =
+            parse("rpc:\n  listen: 127.0.0.1:6001\nkv:\n  a:\n    driver: memory\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("rpc.listen"));
         assert!(e.message.contains("tcp://host:port"), "{e}");
 
         let e = parse("kv: [\n").unwrap_err();
-        assert!(e.to_string().starts_with("test.yaml: not valid YAML"), "{e}");
+        assert!(
+            e.to_string().starts_with("test.yaml: not valid YAML"),
+            "{e}"
+        );
 
         let e = parse("http: {}\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("kv"));

@@ -126,7 +126,13 @@ impl KvService {
                 .ok_or_else(|| format!("no such storage: {name}"))?,
         };
         let op = method.op();
-        let fail = |e: StorageError| format!("{op}: {} storage {:?}: {e}", storage.driver(), request.storage);
+        let fail = |e: StorageError| {
+            format!(
+                "{op}: {} storage {:?}: {e}",
+                storage.driver(),
+                request.storage
+            )
+        };
         if method != Method::Clear {
             for (i, item) in request.items.iter().enumerate() {
                 if item.key.trim().is_empty() {
@@ -138,7 +144,13 @@ impl KvService {
         let reply_items = match method {
             Method::Has => {
                 let keys = unique_keys(items);
-                storage.has(&keys).await.map_err(fail)?.into_iter().map(Item::key).collect()
+                storage
+                    .has(&keys)
+                    .await
+                    .map_err(fail)?
+                    .into_iter()
+                    .map(Item::key)
+                    .collect()
             }
             Method::MGet => {
                 let keys = unique_keys(items);

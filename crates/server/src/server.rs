@@ -53,7 +53,10 @@ impl Listener {
                     if !meta.file_type().is_socket() {
                         return Err(io::Error::new(
                             io::ErrorKind::AlreadyExists,
-                            format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                            format!(
+                                "{} exists and is not a socket; refusing to replace it",
+                                path.display()
+                            ),
                         ));
                     }
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -115,8 +118,12 @@ pub async fn serve(
                 connections.spawn(async move {
                     tracing::debug!(peer, "connection opened");
                     match stream {
-                        Stream::Tcp(s) => connection::serve(s, &peer, &dispatcher, options.limits, stop).await,
-                        Stream::Unix(s) => connection::serve(s, &peer, &dispatcher, options.limits, stop).await,
+                        Stream::Tcp(s) => {
+                            connection::serve(s, &peer, &dispatcher, options.limits, stop).await
+                        }
+                        Stream::Unix(s) => {
+                            connection::serve(s, &peer, &dispatcher, options.limits, stop).await
+                        }
                     }
                 });
             }
@@ -131,7 +138,10 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     if !connections.is_empty() {
-        tracing::info!(connections = connections.len(), "stopped accepting; finishing in-flight calls");
+        tracing::info!(
+            connections = connections.len(),
+            "stopped accepting; finishing in-flight calls"
+        );
     }
     let drained = tokio::time::timeout(options.shutdown_timeout, async {
         while connections.join_next().await.is_some() {}

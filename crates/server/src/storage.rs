@@ -53,7 +53,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn mexpire(&self, items: Vec<(String, DeadlineMs)>) -> Result<(), StorageError>;
 
     /// `(key, deadline)` for each existing key; `None` when it never expires.
-    async fn ttl(&self, keys: &[String]) -> Result<Vec<(String, Option<DeadlineMs>)>, StorageError>;
+    async fn ttl(&self, keys: &[String])
+        -> Result<Vec<(String, Option<DeadlineMs>)>, StorageError>;
 
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
 

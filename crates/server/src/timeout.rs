@@ -28,7 +28,10 @@ pub fn parse_deadline(text: &str) -> Result<DeadlineMs, String> {
 /// real deadline), no fraction, since the PHP client's `DATE_RFC3339` parser rejects one.
 pub fn format_deadline(deadline: DeadlineMs) -> String {
     let seconds = deadline.div_ceil(1000);
-    match i64::try_from(seconds).ok().and_then(|s| Timestamp::from_second(s).ok()) {
+    match i64::try_from(seconds)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+    {
         Some(ts) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         // Only reachable for deadlines past year 9999, which parse_deadline cannot produce.
         None => "9999-12-31T23:59:59Z".to_string(),
@@ -46,8 +49,15 @@ mod tests {
         assert_eq!(parse_deadline("2026-01-01T00:00:10+00:00").unwrap(), base);
         assert_eq!(parse_deadline("2026-01-01T02:00:10+02:00").unwrap(), base);
         assert_eq!(parse_deadline("2025-12-31T19:00:10-05:00").unwrap(), base);
-        assert_eq!(parse_deadline("2026-01-01T00:00:10.250Z").unwrap(), base + 250);
-        assert_eq!(parse_deadline("2026-01-01T00:00:10.2501Z").unwrap(), base + 251, "rounds up");
+        assert_eq!(
+            parse_deadline("2026-01-01T00:00:10.250Z").unwrap(),
+            base + 250
+        );
+        assert_eq!(
+            parse_deadline("2026-01-01T00:00:10.2501Z").unwrap(),
+            base + 251,
+            "rounds up"
+        );
         assert_eq!(parse_deadline("1960-01-01T00:00:00Z").unwrap(), 0);
     }
 
@@ -56,7 +66,10 @@ mod tests {
         let e = parse_deadline("tomorrow").unwrap_err();
         assert!(e.starts_with("invalid timeout \"tomorrow\""), "{e}");
         assert!(parse_deadline("2026-01-01").is_err());
-        assert!(parse_deadline("2026-01-01T00:00:10").is_err(), "an offset is required");
+        assert!(
+            parse_deadline("2026-01-01T00:00:10").is_err(),
+            "an offset is required"
+        );
     }
 
     #[test]

@@ -25,9 +25,15 @@ async fn upstream_memory_scenario(kv: &mut Client) {
     )
     .await
     .unwrap();
-    assert_eq!(sorted(kv.has(s, &["a", "b", "c"]).await.unwrap()), ["a", "b", "c"]);
+    assert_eq!(
+        sorted(kv.has(s, &["a", "b", "c"]).await.unwrap()),
+        ["a", "b", "c"]
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(sorted(kv.has(s, &["a", "b", "c"]).await.unwrap()), ["a", "b"]);
+    assert_eq!(
+        sorted(kv.has(s, &["a", "b", "c"]).await.unwrap()),
+        ["a", "b"]
+    );
     let got = kv.mget(s, &["a", "b", "c"]).await.unwrap();
     assert_eq!(got.len(), 2);
     assert!(got.contains(&("a".to_string(), "aa".into())));
@@ -40,7 +46,10 @@ async fn upstream_memory_scenario(kv: &mut Client) {
     let ttl = kv.ttl(s, &["a", "b", "d"]).await.unwrap();
     assert_eq!(ttl.len(), 3);
     for (_, timeout) in &ttl {
-        assert!(timeout.ends_with('Z') && !timeout.contains('.'), "{timeout}");
+        assert!(
+            timeout.ends_with('Z') && !timeout.contains('.'),
+            "{timeout}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(kv.has(s, &["a", "b", "d"]).await.unwrap().is_empty());
@@ -49,7 +58,9 @@ async fn upstream_memory_scenario(kv: &mut Client) {
     assert!(kv.has(s, &["e"]).await.unwrap().is_empty());
 
     let all = ["a", "b", "c", "d", "e"];
-    kv.set(s, all.iter().map(|k| item(k, "v", "")).collect()).await.unwrap();
+    kv.set(s, all.iter().map(|k| item(k, "v", "")).collect())
+        .await
+        .unwrap();
     assert_eq!(kv.has(s, &all).await.unwrap().len(), 5);
     kv.clear(s).await.unwrap();
     assert!(kv.has(s, &all).await.unwrap().is_empty());
@@ -72,10 +83,19 @@ async fn upstream_memory_scenario_over_tcp() {
 async fn upstream_memory_scenario_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("unix://{}", dir.path().join("rr.sock").display());
-    let server = TestServer::start_at(TWO_MEMORY, &listen, BuildContext::default(), ServeOptions::default()).await;
+    let server = TestServer::start_at(
+        TWO_MEMORY,
+        &listen,
+        BuildContext::default(),
+        ServeOptions::default(),
+    )
+    .await;
     upstream_memory_scenario(&mut server.client().await).await;
     server.stop().await;
-    assert!(!dir.path().join("rr.sock").exists(), "socket file removed at shutdown");
+    assert!(
+        !dir.path().join("rr.sock").exists(),
+        "socket file removed at shutdown"
+    );
 }
 
 #[tokio::test]
@@ -85,7 +105,13 @@ async fn a_stale_unix_socket_file_is_replaced() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists(), "a dead server left its socket file behind");
     let listen = format!("unix://{}", path.display());
-    let server = TestServer::start_at(TWO_MEMORY, &listen, BuildContext::default(), ServeOptions::default()).await;
+    let server = TestServer::start_at(
+        TWO_MEMORY,
+        &listen,
+        BuildContext::default(),
+        ServeOptions::default(),
+    )
+    .await;
     let mut kv = server.client().await;
     kv.set("memory", vec![item("k", "v", "")]).await.unwrap();
     assert_eq!(kv.has("memory", &["k"]).await.unwrap(), ["k"]);
@@ -99,20 +125,33 @@ async fn a_live_socket_or_a_regular_file_is_not_replaced() {
     std::fs::write(&file, "precious").unwrap();
     let config = rrkv::config::Config::parse(TWO_MEMORY, "t.yaml", &|_| None).unwrap();
     let options = ServeOptions::default();
-    let err = rrkv::Server::start(&config, &format!("unix://{}", file.display()).parse().unwrap(), &BuildContext::default(), options)
-        .await
-        .err()
-        .expect("refuses");
+    let err = rrkv::Server::start(
+        &config,
+        &format!("unix://{}", file.display()).parse().unwrap(),
+        &BuildContext::default(),
+        options,
+    )
+    .await
+    .err()
+    .expect("refuses");
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
 
     let live = format!("unix://{}", dir.path().join("live.sock").display());
     let first = TestServer::start_at(TWO_MEMORY, &live, BuildContext::default(), options).await;
-    let err = rrkv::Server::start(&config, &live.parse().unwrap(), &BuildContext::default(), options)
-        .await
-        .err()
-        .expect("refuses");
-    assert!(err.to_string().contains("another server is listening"), "{err}");
+    let err = rrkv::Server::start(
+        &config,
+        &live.parse().unwrap(),
+        &BuildContext::default(),
+        options,
+    )
+    .await
+    .err()
+    .expect("refuses");
+    assert!(
+        err.to_string().contains("another server is listening"),
+        "{err}"
+    );
     first.stop().await;
 }
 
@@ -120,15 +159,30 @@ async fn a_live_socket_or_a_regular_file_is_not_replaced() {
 async fn storages_are_isolated_and_clear_empties_only_its_own() {
     let server = TestServer::memory().await;
     let mut kv = server.client().await;
-    kv.set("memory", vec![item("shared", "in-memory", "")]).await.unwrap();
-    kv.set("other", vec![item("shared", "in-other", ""), item("only-other", "x", "")])
+    kv.set("memory", vec![item("shared", "in-memory", "")])
         .await
         .unwrap();
-    assert_eq!(kv.mget("memory", &["shared"]).await.unwrap()[0].1, "in-memory");
-    assert_eq!(kv.mget("other", &["shared"]).await.unwrap()[0].1, "in-other");
+    kv.set(
+        "other",
+        vec![item("shared", "in-other", ""), item("only-other", "x", "")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kv.mget("memory", &["shared"]).await.unwrap()[0].1,
+        "in-memory"
+    );
+    assert_eq!(
+        kv.mget("other", &["shared"]).await.unwrap()[0].1,
+        "in-other"
+    );
     assert!(kv.has("memory", &["only-other"]).await.unwrap().is_empty());
     kv.clear("other").await.unwrap();
-    assert!(kv.has("other", &["shared", "only-other"]).await.unwrap().is_empty());
+    assert!(kv
+        .has("other", &["shared", "only-other"])
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(kv.has("memory", &["shared"]).await.unwrap(), ["shared"]);
     server.stop().await;
 }
@@ -147,7 +201,10 @@ async fn ttl_reports_whole_utc_seconds_rounded_up_and_empty_for_no_deadline() {
     )
     .await
     .unwrap();
-    let mut ttl = kv.ttl("memory", &["frac", "exact", "forever", "missing"]).await.unwrap();
+    let mut ttl = kv
+        .ttl("memory", &["frac", "exact", "forever", "missing"])
+        .await
+        .unwrap();
     ttl.sort();
     assert_eq!(
         ttl,
@@ -164,18 +221,42 @@ async fn ttl_reports_whole_utc_seconds_rounded_up_and_empty_for_no_deadline() {
 async fn deadline_at_or_before_now_deletes_and_mexpire_keeps_values() {
     let server = TestServer::memory().await;
     let mut kv = server.client().await;
-    kv.set("memory", vec![item("k", "v", ""), item("m", "keep", "")]).await.unwrap();
-    kv.set("memory", vec![item("k", "v2", "2020-01-01T00:00:00+00:00")]).await.unwrap();
-    assert!(kv.has("memory", &["k"]).await.unwrap().is_empty(), "past deadline deletes");
-
-    kv.mexpire("memory", &[("m", "2099-01-01T00:00:00Z"), ("ghost", "2099-01-01T00:00:00Z")])
+    kv.set("memory", vec![item("k", "v", ""), item("m", "keep", "")])
         .await
         .unwrap();
+    kv.set("memory", vec![item("k", "v2", "2020-01-01T00:00:00+00:00")])
+        .await
+        .unwrap();
+    assert!(
+        kv.has("memory", &["k"]).await.unwrap().is_empty(),
+        "past deadline deletes"
+    );
+
+    kv.mexpire(
+        "memory",
+        &[
+            ("m", "2099-01-01T00:00:00Z"),
+            ("ghost", "2099-01-01T00:00:00Z"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(kv.mget("memory", &["m"]).await.unwrap()[0].1, "keep");
-    assert_eq!(kv.ttl("memory", &["m"]).await.unwrap()[0].1, "2099-01-01T00:00:00Z");
-    assert!(kv.has("memory", &["ghost"]).await.unwrap().is_empty(), "MExpire creates nothing");
-    kv.mexpire("memory", &[("m", "1999-01-01T00:00:00Z")]).await.unwrap();
-    assert!(kv.has("memory", &["m"]).await.unwrap().is_empty(), "past MExpire deletes");
+    assert_eq!(
+        kv.ttl("memory", &["m"]).await.unwrap()[0].1,
+        "2099-01-01T00:00:00Z"
+    );
+    assert!(
+        kv.has("memory", &["ghost"]).await.unwrap().is_empty(),
+        "MExpire creates nothing"
+    );
+    kv.mexpire("memory", &[("m", "1999-01-01T00:00:00Z")])
+        .await
+        .unwrap();
+    assert!(
+        kv.has("memory", &["m"]).await.unwrap().is_empty(),
+        "past MExpire deletes"
+    );
     server.stop().await;
 }
 
@@ -183,15 +264,33 @@ async fn deadline_at_or_before_now_deletes_and_mexpire_keeps_values() {
 async fn empty_item_lists_succeed_and_duplicates_collapse() {
     let server = TestServer::memory().await;
     let mut kv = server.client().await;
-    for method in ["kv.Has", "kv.MGet", "kv.TTL", "kv.Set", "kv.MExpire", "kv.Delete"] {
+    for method in [
+        "kv.Has",
+        "kv.MGet",
+        "kv.TTL",
+        "kv.Set",
+        "kv.MExpire",
+        "kv.Delete",
+    ] {
         let reply = kv
-            .call(method, &Request { storage: "memory".into(), items: vec![] })
+            .call(
+                method,
+                &Request {
+                    storage: "memory".into(),
+                    items: vec![],
+                },
+            )
             .await
             .unwrap_or_else(|e| panic!("{method}: {e}"));
         assert!(reply.items.is_empty(), "{method}");
     }
-    kv.set("memory", vec![item("k", "1", ""), item("k", "2", "")]).await.unwrap();
-    assert_eq!(kv.mget("memory", &["k", "k"]).await.unwrap(), [("k".to_string(), "2".into())]);
+    kv.set("memory", vec![item("k", "1", ""), item("k", "2", "")])
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.mget("memory", &["k", "k"]).await.unwrap(),
+        [("k".to_string(), "2".into())]
+    );
     assert_eq!(kv.has("memory", &["k", "k", "k"]).await.unwrap(), ["k"]);
     server.stop().await;
 }
@@ -201,7 +300,10 @@ async fn empty_value_comes_back_as_key_only_item() {
     let server = TestServer::memory().await;
     let mut kv = server.client().await;
     kv.set("memory", vec![item("empty", "", "")]).await.unwrap();
-    assert_eq!(kv.mget("memory", &["empty"]).await.unwrap(), [("empty".to_string(), "".into())]);
+    assert_eq!(
+        kv.mget("memory", &["empty"]).await.unwrap(),
+        [("empty".to_string(), "".into())]
+    );
     server.stop().await;
 }
 

@@ -57,7 +57,8 @@ impl Storage for MemoryStorage {
 
     async fn set(&self, items: Vec<SetItem>) -> Result<(), StorageError> {
         for item in items {
-            self.engine.set(item.key.as_bytes(), &item.value, item.deadline);
+            self.engine
+                .set(item.key.as_bytes(), &item.value, item.deadline);
         }
         Ok(())
     }
@@ -69,7 +70,10 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn ttl(&self, keys: &[String]) -> Result<Vec<(String, Option<DeadlineMs>)>, StorageError> {
+    async fn ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, Option<DeadlineMs>)>, StorageError> {
         Ok(keys
             .iter()
             .filter_map(|k| self.engine.deadline(k.as_bytes()).map(|d| (k.clone(), d)))

@@ -29,10 +29,10 @@ pub fn build(
     storage: &StorageConfig,
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Storage>, ConfigError> {
-    let file = config
-        .source
-        .as_ref()
-        .map_or_else(|| "(built-in configuration)".to_string(), |p| p.display().to_string());
+    let file = config.source.as_ref().map_or_else(
+        || "(built-in configuration)".to_string(),
+        |p| p.display().to_string(),
+    );
     match storage.driver.as_str() {
         "memory" => {
             // The memory driver has no options; upstream's old `interval` key is accepted

@@ -20,7 +20,12 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server for `yaml` (its rpc.listen is replaced by `listen`).
-    pub async fn start_at(yaml: &str, listen: &str, ctx: BuildContext, options: ServeOptions) -> TestServer {
+    pub async fn start_at(
+        yaml: &str,
+        listen: &str,
+        ctx: BuildContext,
+        options: ServeOptions,
+    ) -> TestServer {
         let config = Config::parse(yaml, "test.yaml", &|_| None).expect("test config");
         let server = Server::start(&config, &listen.parse().unwrap(), &ctx, options)
             .await
@@ -39,7 +44,13 @@ impl TestServer {
 
     /// Two memory storages, `memory` and `other`, on a free TCP port.
     pub async fn memory() -> TestServer {
-        TestServer::start_at(TWO_MEMORY, "tcp://127.0.0.1:0", BuildContext::default(), ServeOptions::default()).await
+        TestServer::start_at(
+            TWO_MEMORY,
+            "tcp://127.0.0.1:0",
+            BuildContext::default(),
+            ServeOptions::default(),
+        )
+        .await
     }
 
     pub async fn client(&self) -> Client {
@@ -53,7 +64,8 @@ impl TestServer {
     }
 }
 
-pub const TWO_MEMORY: &str = "kv:\n  memory:\n    driver: memory\n    config: {}\n  other:\n    driver: memory\n";
+pub const TWO_MEMORY: &str =
+    "kv:\n  memory:\n    driver: memory\n    config: {}\n  other:\n    driver: memory\n";
 
 pub fn ctx_with_clock(clock: Arc<dyn rrkv_engine::Clock>) -> BuildContext {
     BuildContext { clock }

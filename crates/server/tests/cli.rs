@@ -1,0 +1,192 @@
+//! The `rrkv` binary as a user runs it: startup errors, defaults, `.rr.yaml`, signals.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rrkv_client::{Address, Client, Item};
+
+fn rrkv(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rrkv"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a command that must fail at startup; returns its stderr.
+fn startup_failure(dir: &Path, args: &[&str]) -> String {
+    let out: Output = rrkv(dir, args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    stderr
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn connect_when_ready(address: &Address) -> Client {
+    let start = Instant::now();
+    loop {
+        match Client::connect(address).await {
+            Ok(client) => return client,
+            Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("server did not come up: {e}"),
+        }
+    }
+}
+
+fn wait_exit(mut child: Child) -> (i32, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_configurations_fail_startup_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+
+    write("unknown.yaml", "kv:\n  sessions:\n    driver: mongo\n");
+    let e = startup_failure(dir.path(), &["serve", "-c", "unknown.yaml"]);
+    assert!(e.contains("unknown.yaml: kv.sessions.driver: unknown driver \"mongo\"; known drivers: memory, boltdb, redis, memcached"), "{e}");
+
+    write("nodriver.yaml", "kv:\n  sessions:\n    config: {}\n");
+    let e = startup_failure(dir.path(), &["serve", "-c", "nodriver.yaml"]);
+    assert!(
+        e.contains("nodriver.yaml: kv.sessions.driver: missing"),
+        "{e}"
+    );
+
+    write(
+        "listen.yaml",
+        "rpc:\n  listen: localhost:6001\nkv:\n  a:\n    driver: memory\n",
+    );
+    let e = startup_failure(dir.path(), &["serve", "-c", "listen.yaml"]);
+    assert!(
+        e.contains("listen.yaml: rpc.listen: invalid socket DSN"),
+        "{e}"
+    );
+
+    write("broken.yaml", "kv:\n  a: [unclosed\n");
+    let e = startup_failure(dir.path(), &["serve", "-c", "broken.yaml"]);
+    assert!(e.contains("broken.yaml: not valid YAML"), "{e}");
+
+    let e = startup_failure(dir.path(), &["serve", "-c", "missing.yaml"]);
+    assert!(
+        e.contains("missing.yaml: cannot read the configuration file"),
+        "{e}"
+    );
+
+    // A .rr.yaml in the working directory is read when -c is not given.
+    write(".rr.yaml", "kv:\n  a:\n    driver: nosuch\n");
+    let e = startup_failure(dir.path(), &["serve"]);
+    assert!(e.contains(".rr.yaml: kv.a.driver: unknown driver"), "{e}");
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = rrkv(Path::new("."), &["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--config",
+        "--listen",
+        "--max-frame-size",
+        "--max-inflight",
+        "--shutdown-timeout",
+        "--log-level",
+    ] {
+        assert!(help.contains(option), "serve --help mentions {option}");
+    }
+    let out = rrkv(Path::new("."), &["--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+}
+
+#[tokio::test]
+async fn with_no_file_it_serves_memory_storage_default_on_6001_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = rrkv(dir.path(), &["serve"]).spawn().unwrap();
+    let mut kv = connect_when_ready(&"tcp://127.0.0.1:6001".parse().unwrap()).await;
+    kv.set(
+        "default",
+        vec![Item {
+            key: "k".into(),
+            value: "v".into(),
+            timeout: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(kv.has("default", &["k"]).await.unwrap(), ["k"]);
+    terminate(&child);
+    let (code, stderr) = wait_exit(child);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("serving one memory storage named \"default\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listening") && stderr.contains("tcp://127.0.0.1:6001"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    // The idle connection was closed by the shutdown.
+    assert!(kv.has("default", &["k"]).await.is_err());
+}
+
+#[tokio::test]
+async fn rr_yaml_in_the_working_directory_configures_two_storages_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rr.sock");
+    std::fs::write(
+        dir.path().join(".rr.yaml"),
+        "version: '3'\nserver:\n  command: php worker.php\nhttp:\n  address: 127.0.0.1:8080\n\
+         rpc:\n  listen: unix://${RRKV_TEST_SOCK}\n\
+         kv:\n  sessions:\n    driver: memory\n    config: {}\n  cache:\n    driver: memory\n    config:\n      interval: 10\n",
+    )
+    .unwrap();
+    let child = rrkv(dir.path(), &["serve", "--log-level", "debug"])
+        .env("RRKV_TEST_SOCK", &sock)
+        .spawn()
+        .unwrap();
+    let mut kv = connect_when_ready(&Address::Unix(sock.clone())).await;
+    kv.set(
+        "sessions",
+        vec![Item {
+            key: "s".into(),
+            value: "1".into(),
+            timeout: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(kv.has("sessions", &["s"]).await.unwrap(), ["s"]);
+    assert!(kv.has("cache", &["s"]).await.unwrap().is_empty());
+    terminate(&child);
+    let (code, stderr) = wait_exit(child);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("configuration loaded"), "{stderr}");
+    assert!(!sock.exists(), "socket removed on exit");
+}
