@@ -11,9 +11,24 @@ use rrkv::server::ServeOptions;
 use rrkv::Server;
 use rrkv_protocol::Address;
 
-/// mimalloc returns freed pages to the OS promptly, so memory comes back after keys expire.
+/// jemalloc, because its background thread returns freed pages to the OS on a timer even
+/// when the threads that freed them go idle: memory comes back after keys expire with no
+/// client traffic at all.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start: a background purging thread, dirty pages returned
+/// after one second, and no lingering "muzzy" state (MADV_FREE pages still count in RSS).
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: ConfString =
+    ConfString(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// A C string pointer that can live in a `static` (jemalloc reads `const char *malloc_conf`).
+#[repr(transparent)]
+pub struct ConfString(*const std::ffi::c_char);
+
+// SAFETY: the pointer refers to a string literal, which is immutable and lives forever.
+unsafe impl Sync for ConfString {}
 
 /// A key-value server that speaks RoadRunner's KV RPC (goridge + kv.v1 protobuf).
 ///
@@ -39,6 +54,59 @@ enum Command {
     /// working directory if it exists. Without a file, serves one memory storage named
     /// "default" on tcp://127.0.0.1:6001.
     Serve(ServeArgs),
+
+    /// Measure a running server (load and memory scenarios over loopback).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Memory scenarios: RSS of the server process under TTL-heavy load.
+    Memory(MemoryArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MemoryArgs {
+    /// The storage to load: rrkv://host:port/storage or rrkv+unix:///path.sock#storage.
+    #[arg(long, default_value = "rrkv://127.0.0.1:6001/default")]
+    target: rrkv_bench::target::RrkvTarget,
+
+    /// Process id of the server, whose RSS is read from /proc (it must run on this machine).
+    #[arg(long)]
+    pid: u32,
+
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+
+    /// Keys to write (Set calls for same-key).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+
+    /// Connections the load is spread over.
+    #[arg(long, default_value_t = 4)]
+    conns: usize,
+
+    /// Calls in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+
+    /// Items per kv.Set when writing distinct keys.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+
+    /// Print JSON (with every RSS sample) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    SameKey,
+    Distinct,
+    Expiry,
+    All,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,6 +148,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(BenchCommand::Memory(args)) => runtime.block_on(bench_memory(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +202,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(&config, &listen, &BuildContext::default(), options).await?;
     tracing::info!(address = %server.local_address(), "listening");
     server.serve(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
+    use rrkv_bench::memory;
+    let opts = memory::MemoryOptions {
+        target: args.target,
+        pid: args.pid,
+        keys: args.keys,
+        conns: args.conns.max(1),
+        window: args.window.max(1),
+        batch: args.batch.max(1),
+    };
+    let run = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
+    let mut reports = Vec::new();
+    if run(Scenario::SameKey) {
+        reports.push(memory::same_key(&opts).await?);
+    }
+    if run(Scenario::Distinct) {
+        reports.push(memory::distinct_keys(&opts).await?);
+    }
+    if run(Scenario::Expiry) {
+        reports.push(memory::expiry(&opts).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            print!("{}", report.human());
+        }
+    }
     Ok(())
 }
 

@@ -190,3 +190,48 @@ async fn rr_yaml_in_the_working_directory_configures_two_storages_on_a_unix_sock
     assert!(stderr.contains("configuration loaded"), "{stderr}");
     assert!(!sock.exists(), "socket removed on exit");
 }
+
+#[tokio::test]
+async fn bench_memory_smoke_reports_figures_for_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("bench.sock");
+    let listen = format!("unix://{}", sock.display());
+    let server = rrkv(dir.path(), &["serve", "--listen", &listen])
+        .spawn()
+        .unwrap();
+    drop(connect_when_ready(&Address::Unix(sock.clone())).await);
+    let target = format!("rrkv+unix://{}#default", sock.display());
+    let pid = server.id().to_string();
+    let out = rrkv(
+        dir.path(),
+        &[
+            "bench",
+            "memory",
+            "--target",
+            &target,
+            "--pid",
+            &pid,
+            "--scenario",
+            "distinct",
+            "--keys",
+            "20000",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let figures = reports[0]["figures"].as_array().unwrap();
+    let per_key = figures.iter().find(|f| f[0] == "bytes per key").unwrap()[1]
+        .as_f64()
+        .unwrap();
+    assert!(per_key.is_finite(), "bytes per key: {per_key}");
+    terminate(&server);
+    assert_eq!(wait_exit(server).0, 0);
+}
