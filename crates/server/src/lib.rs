@@ -64,6 +64,16 @@ impl Server {
             tracing::info!(storage = %storage.name, driver = %storage.driver, "storage ready");
             storages.push((storage.name.clone(), built));
         }
+        Server::with_storages(storages, listen, options).await
+    }
+
+    /// A server over storages built by the caller (embedding, tests with custom drivers).
+    /// The storages are closed if the listener cannot be bound.
+    pub async fn with_storages(
+        storages: Vec<(String, Arc<dyn storage::Storage>)>,
+        listen: &Address,
+        options: ServeOptions,
+    ) -> Result<Server, StartError> {
         let kv = KvService::new(storages);
         let listener = match Listener::bind(listen).await {
             Ok(listener) => listener,
