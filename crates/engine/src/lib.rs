@@ -69,6 +69,13 @@ pub struct PurgeReport {
     pub next_deadline: Option<Millis>,
 }
 
+fn min_deadline(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A handle to one in-memory store. Cloning it is cheap and shares the store.
 #[derive(Clone)]
 pub struct Engine {
@@ -210,13 +217,17 @@ impl Engine {
         let mut report = PurgeReport::default();
         for shard in self.inner.shards.iter() {
             loop {
+                // Look under the read lock first: most passes find most shards with nothing
+                // due, and then writers are not blocked at all.
+                let next = shard.0.read().next_deadline();
+                if next.is_none_or(|d| d > now) {
+                    report.next_deadline = min_deadline(report.next_deadline, next);
+                    break;
+                }
                 let (removed, next) = shard.0.write().purge_expired(now, PURGE_BATCH, &hash_key);
                 report.removed += removed;
                 if removed < PURGE_BATCH {
-                    report.next_deadline = match (report.next_deadline, next) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    report.next_deadline = min_deadline(report.next_deadline, next);
                     break;
                 }
             }

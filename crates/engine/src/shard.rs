@@ -240,6 +240,11 @@ impl Shard {
         (removed, self.heap.first().map(|e| e.deadline))
     }
 
+    /// The earliest deadline in the index.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.heap.first().map(|e| e.deadline)
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             keys: self.slots.len(),
