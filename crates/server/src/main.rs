@@ -62,8 +62,81 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Throughput and latency: ops/s, items/s, p50/p99/p99.9/max, errors.
+    Load(LoadArgs),
     /// Memory scenarios: RSS of the server process under TTL-heavy load.
     Memory(MemoryArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// rrkv://host:port/storage, rrkv+unix:///path.sock#storage, or redis://host:port.
+    #[arg(long, default_value = "rrkv://127.0.0.1:6001/default")]
+    target: rrkv_bench::load::Target,
+
+    /// Connections.
+    #[arg(long, default_value_t = 50)]
+    conns: usize,
+
+    /// Requests outstanding per connection (1 = request/response, as a PHP worker does).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+
+    /// How long to measure, after the warm-up (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// Stop after this many measured requests, if that comes before --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+
+    /// set, get, has, or mixed:P (P percent gets, the rest sets).
+    #[arg(long, default_value = "mixed:90")]
+    op: rrkv_bench::load::Op,
+
+    /// Size of the key space; keys are chosen uniformly at random.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 32)]
+    value_size: usize,
+
+    /// TTL of written keys: none, a duration (10s), or a range (1s..3s).
+    #[arg(long, default_value = "none")]
+    ttl: rrkv_bench::load::Ttl,
+
+    /// Items per request (kv.Set / kv.MGet items; MSET / MGET on Redis).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+
+    /// Target requests per second over all connections; latency then counts from the
+    /// intended send time (coordinated omission correction). Unset: as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// Write every key once before the run, so reads hit.
+    #[arg(long)]
+    prefill: bool,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: negative"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,6 +222,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(BenchCommand::Memory(args)) => runtime.block_on(bench_memory(args)),
+        Command::Bench(BenchCommand::Load(args)) => runtime.block_on(bench_load(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,6 +276,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(&config, &listen, &BuildContext::default(), options).await?;
     tracing::info!(address = %server.local_address(), "listening");
     server.serve(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
+    let opts = rrkv_bench::load::LoadOptions {
+        target: args.target,
+        conns: args.conns.max(1),
+        inflight: args.inflight.max(1),
+        duration: args.duration,
+        requests: args.requests,
+        op: args.op,
+        keys: args.keys,
+        value_size: args.value_size,
+        ttl: args.ttl,
+        batch: args.batch,
+        rate: args.rate,
+        warmup: args.warmup,
+        prefill: args.prefill,
+        progress: !args.quiet && !args.json,
+    };
+    let report = rrkv_bench::load::run(opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
     Ok(())
 }
 
