@@ -688,16 +688,63 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         "--batch and --keys must be at least 1"
     );
     if opts.prefill {
-        let fill = LoadOptions {
-            batch: 100.min(opts.keys as usize),
+        let fill_opts = LoadOptions {
+            batch: 100,
             inflight: 16,
-            duration: Duration::from_secs(3600),
-            requests: None,
             ..opts.clone()
         };
-        run_phase(Arc::new(fill), true).await.context("prefill")?;
+        fill(fill_opts).await.context("prefill")?;
     }
     run_phase(Arc::new(opts), false).await
+}
+
+/// Writes every key `0..keys` once, `batch` keys per request, with `ttl`; the report's
+/// `seconds` is how long that took.
+pub async fn fill(opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(
+        opts.batch >= 1 && opts.keys >= 1,
+        "--batch and --keys must be at least 1"
+    );
+    let opts = LoadOptions {
+        batch: opts.batch.min(opts.keys as usize),
+        duration: Duration::from_secs(24 * 3600),
+        requests: None,
+        warmup: Duration::ZERO,
+        ..opts
+    };
+    run_phase(Arc::new(opts), true).await
+}
+
+/// Opens one connection to a Redis server and runs one command, returning its reply as
+/// text (bulk strings) or its error. For the memory scenarios' INFO and FLUSHALL.
+pub async fn redis_command(hostport: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(hostport)
+        .await
+        .with_context(|| format!("connect to {hostport}"))?;
+    let frames: Vec<BorrowedFrame> = args
+        .iter()
+        .map(|a| BorrowedFrame::BulkString(a.as_bytes()))
+        .collect();
+    let mut buf = BytesMut::new();
+    extend_encode_borrowed(&mut buf, &BorrowedFrame::Array(&frames), false)?;
+    stream.write_all(&buf).await?;
+    buf.clear();
+    loop {
+        if let Some((frame, _)) =
+            decode_range(&buf).map_err(|e| anyhow::anyhow!("bad RESP: {e:?}"))?
+        {
+            let text = |r: &(usize, usize)| String::from_utf8_lossy(&buf[r.0..r.1]).into_owned();
+            return match frame {
+                RangeFrame::SimpleString(r) | RangeFrame::BulkString(r) => Ok(text(&r)),
+                RangeFrame::Integer(i) => Ok(i.to_string()),
+                RangeFrame::Error(r) => Err(anyhow::anyhow!("redis: {}", text(&r))),
+                other => Ok(format!("{other:?}")),
+            };
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            anyhow::bail!("{hostport} closed the connection");
+        }
+    }
 }
 
 #[cfg(test)]

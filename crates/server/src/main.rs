@@ -141,13 +141,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(clap::Args, Debug)]
 struct MemoryArgs {
-    /// The storage to load: rrkv://host:port/storage or rrkv+unix:///path.sock#storage.
+    /// rrkv://host:port/storage, rrkv+unix:///path.sock#storage, or redis://host:port.
     #[arg(long, default_value = "rrkv://127.0.0.1:6001/default")]
-    target: rrkv_bench::target::RrkvTarget,
+    target: rrkv_bench::load::Target,
 
     /// Process id of the server, whose RSS is read from /proc (it must run on this machine).
+    /// Found through INFO for Redis.
     #[arg(long)]
-    pid: u32,
+    pid: Option<u32>,
 
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "all")]
@@ -161,13 +162,17 @@ struct MemoryArgs {
     #[arg(long, default_value_t = 4)]
     conns: usize,
 
-    /// Calls in flight per connection.
+    /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
-    window: usize,
+    inflight: usize,
 
-    /// Items per kv.Set when writing distinct keys.
+    /// Items per request when writing distinct keys.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+
+    /// Length of the churn scenario.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    churn: Duration,
 
     /// Print JSON (with every RSS sample) instead of a table.
     #[arg(long)]
@@ -179,6 +184,7 @@ enum Scenario {
     SameKey,
     Distinct,
     Expiry,
+    Churn,
     All,
 }
 
@@ -312,8 +318,9 @@ async fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
         pid: args.pid,
         keys: args.keys,
         conns: args.conns.max(1),
-        window: args.window.max(1),
+        inflight: args.inflight.max(1),
         batch: args.batch.max(1),
+        churn: args.churn,
     };
     let run = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
     let mut reports = Vec::new();
@@ -325,6 +332,9 @@ async fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
     }
     if run(Scenario::Expiry) {
         reports.push(memory::expiry(&opts).await?);
+    }
+    if run(Scenario::Churn) {
+        reports.push(memory::churn(&opts).await?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
