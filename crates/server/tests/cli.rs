@@ -127,6 +127,12 @@ fn help_explains_every_option() {
 #[tokio::test]
 async fn with_no_file_it_serves_memory_storage_default_on_6001_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    // This test is about the default address, so it needs that port; say so if it is taken
+    // rather than talk to whatever listens there.
+    drop(
+        std::net::TcpListener::bind("127.0.0.1:6001")
+            .expect("port 6001 must be free for this test"),
+    );
     let child = rrkv(dir.path(), &["serve"]).spawn().unwrap();
     let mut kv = connect_when_ready(&"tcp://127.0.0.1:6001".parse().unwrap()).await;
     kv.set(
