@@ -9,6 +9,10 @@
 //! means the byte stream can no longer be trusted: the connection answers the calls it had
 //! already accepted, logs the fault and closes. No other connection is affected.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -16,7 +20,7 @@ use rrkv_protocol::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::rpc::Dispatcher;
+use crate::rpc::{Dispatcher, Reply};
 
 /// Per-connection limits.
 #[derive(Clone, Copy, Debug)]
@@ -44,16 +48,28 @@ pub async fn serve<S>(
 {
     let mut read_buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut write_buf = BytesMut::with_capacity(INITIAL_BUFFER);
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Reply> + Send + '_>>> =
+        FuturesUnordered::new();
     let mut reading = !*shutdown.borrow();
     let mut calls: u64 = 0;
+    // Created once: re-creating it on every loop turn would register and unregister a
+    // waiter on the watch channel for every request.
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
 
     loop {
         while reading && inflight.len() < limits.max_inflight {
             match Frame::decode(&mut read_buf, limits.max_payload) {
                 Ok(Some(frame)) => {
                     calls += 1;
-                    inflight.push(dispatcher.dispatch(frame));
+                    // Most calls (all on the memory storage) finish on their first poll:
+                    // answer those inline and queue only the ones that must wait.
+                    let mut call = Box::pin(dispatcher.dispatch(frame));
+                    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                        Poll::Ready(reply) => reply.encode(&mut write_buf),
+                        // FuturesUnordered polls a pushed future again with its own waker.
+                        Poll::Pending => inflight.push(call),
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -96,7 +112,7 @@ pub async fn serve<S>(
                 }
             }
             Some(reply) = inflight.next(), if !inflight.is_empty() => reply.encode(&mut write_buf),
-            _ = shutdown.changed(), if reading => reading = false,
+            _ = &mut stopping, if reading => reading = false,
         }
     }
     let _ = stream.shutdown().await;
