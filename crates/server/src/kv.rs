@@ -9,7 +9,6 @@
 //! * MExpire needs a timeout on every item; missing keys stay missing;
 //! * TTL answers in UTC whole seconds (rounded up), and an empty timeout for keys without one.
 
-use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -85,26 +84,30 @@ impl Method {
 
 /// The configured storages, by name.
 pub struct KvService {
-    storages: HashMap<String, Arc<dyn Storage>>,
+    /// Sorted by name: a handful of storages is found faster by binary search than by
+    /// hashing the name on every call.
+    storages: Vec<(String, Arc<dyn Storage>)>,
 }
 
 impl KvService {
     pub fn new(storages: impl IntoIterator<Item = (String, Arc<dyn Storage>)>) -> KvService {
-        KvService {
-            storages: storages.into_iter().collect(),
-        }
+        let mut storages: Vec<_> = storages.into_iter().collect();
+        storages.sort_by(|a, b| a.0.cmp(&b.0));
+        storages.dedup_by(|a, b| a.0 == b.0);
+        KvService { storages }
     }
 
     /// The storage called `name`.
     pub fn storage(&self, name: &str) -> Option<&Arc<dyn Storage>> {
-        self.storages.get(name)
+        self.storages
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.storages[i].1)
     }
 
     /// Storage names, sorted.
     pub fn storage_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.storages.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+        self.storages.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Closes every storage, logging failures.
@@ -121,8 +124,7 @@ impl KvService {
         let storage = match request.storage.as_str() {
             "" => return Err("no storage provided".to_string()),
             name => self
-                .storages
-                .get(name)
+                .storage(name)
                 .ok_or_else(|| format!("no such storage: {name}"))?,
         };
         let op = method.op();
