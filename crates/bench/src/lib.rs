@@ -4,6 +4,8 @@
 //! * [`memory`]: the memory scenarios (same key re-set with a TTL, distinct keys, mass expiry,
 //!   churn), reporting server RSS over time.
 
+pub mod chart;
+pub mod compare;
 pub mod load;
 pub mod memory;
 pub mod rss;

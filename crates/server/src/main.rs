@@ -66,6 +66,48 @@ enum BenchCommand {
     Load(LoadArgs),
     /// Memory scenarios: RSS of the server process under TTL-heavy load.
     Memory(MemoryArgs),
+    /// rrkv against Redis, alternating: the throughput matrix and the memory scenarios,
+    /// written as a Markdown report with SVG charts (bench/compare runs this).
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// The rrkv storage to measure.
+    #[arg(long, default_value = "rrkv://127.0.0.1:6001/default")]
+    rrkv: rrkv_bench::load::Target,
+
+    /// Process id of that rrkv server (its RSS is read from /proc).
+    #[arg(long)]
+    rrkv_pid: u32,
+
+    /// The Redis server to compare with (its pid comes from INFO).
+    #[arg(long, default_value = "redis://127.0.0.1:6390")]
+    redis: rrkv_bench::load::Target,
+
+    /// Measured time per throughput case and target.
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// Warm-up per throughput case and target.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// Length of the churn scenario.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    churn: Duration,
+
+    /// Keys in the memory scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_keys: u64,
+
+    /// Report file; charts are written beside it.
+    #[arg(long)]
+    out: PathBuf,
+
+    /// Only the 50-connection cases.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -229,6 +271,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(BenchCommand::Memory(args)) => runtime.block_on(bench_memory(args)),
         Command::Bench(BenchCommand::Load(args)) => runtime.block_on(bench_load(args)),
+        Command::Bench(BenchCommand::Compare(args)) => runtime.block_on(bench_compare(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -308,6 +351,23 @@ async fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.human());
     }
+    Ok(())
+}
+
+async fn bench_compare(args: CompareArgs) -> anyhow::Result<()> {
+    let out = rrkv_bench::compare::run(rrkv_bench::compare::CompareOptions {
+        rrkv: args.rrkv,
+        rrkv_pid: args.rrkv_pid,
+        redis: args.redis,
+        duration: args.duration,
+        warmup: args.warmup,
+        churn: args.churn,
+        memory_keys: args.memory_keys,
+        out: args.out,
+        quick: args.quick,
+    })
+    .await?;
+    println!("{}", out.display());
     Ok(())
 }
 

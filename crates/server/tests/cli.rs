@@ -238,6 +238,49 @@ async fn bench_memory_smoke_reports_figures_for_a_running_server() {
         .as_f64()
         .unwrap();
     assert!(per_key.is_finite(), "bytes per key: {per_key}");
+
+    let out = rrkv(
+        dir.path(),
+        &[
+            "bench",
+            "load",
+            "--target",
+            &target,
+            "--conns",
+            "4",
+            "--inflight",
+            "4",
+            "--op",
+            "mixed:50",
+            "--batch",
+            "3",
+            "--ttl",
+            "1s..3s",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--keys",
+            "1000",
+            "--prefill",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        report["items"].as_u64().unwrap(),
+        3 * report["requests"].as_u64().unwrap()
+    );
     terminate(&server);
     assert_eq!(wait_exit(server).0, 0);
 }
