@@ -52,6 +52,7 @@ impl Server {
         ctx: &BuildContext,
         options: ServeOptions,
     ) -> Result<Server, StartError> {
+        drivers::check_conflicts(config)?;
         let mut storages = Vec::new();
         for storage in &config.storages {
             let built = match drivers::build(config, storage, ctx) {
