@@ -75,16 +75,15 @@ async fn upstream_boltdb_cases() {
     let deadline: jiff::Timestamp = ttl[1].1.parse().unwrap();
     assert!(deadline > jiff::Timestamp::now() + jiff::SignedDuration::from_secs(55));
     // TestKVKeyExpiresAfterTTL, to the millisecond rather than within 30 s
-    kv.set(S, vec![item("short", "s", &in_ms(300))])
-        .await
-        .unwrap();
+    let short = in_ms(1500);
+    kv.set(S, vec![item("short", "s", &short)]).await.unwrap();
     assert_eq!(kv.has(S, &["short"]).await.unwrap(), ["short"]);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    sleep_past(&short).await;
     assert!(kv.has(S, &["short"]).await.unwrap().is_empty());
     assert!(kv.mget(S, &["short"]).await.unwrap().is_empty());
     assert_eq!(kv.has(S, &["perm"]).await.unwrap(), ["perm"]);
     // TestKVMExpireAppliesTTLToExistingKeys
-    let soon = in_ms(300);
+    let soon = in_ms(1500);
     kv.mexpire(S, &[("perm", &soon), ("ttl", &soon), ("ghost", &soon)])
         .await
         .unwrap();
@@ -93,7 +92,7 @@ async fn upstream_boltdb_cases() {
         "p",
         "MExpire keeps the value"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    sleep_past(&soon).await;
     assert!(kv
         .has(S, &["perm", "ttl", "ghost"])
         .await
@@ -105,13 +104,17 @@ async fn upstream_boltdb_cases() {
         "no such storage: boltdb-nope"
     );
     // Past deadlines delete; Set without timeout drops an old deadline; Delete drops it too.
-    kv.set(S, vec![item("k", "v", &in_ms(300))]).await.unwrap();
+    let old_deadline = in_ms(500);
+    kv.set(S, vec![item("k", "v", &old_deadline)])
+        .await
+        .unwrap();
     kv.set(S, vec![item("k", "v2", "")]).await.unwrap();
     kv.set(S, vec![item("gone", "x", "")]).await.unwrap();
     kv.set(S, vec![item("gone", "x", "2001-01-01T00:00:00Z")])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // past the old deadline and a sweep
+    sleep_past(&old_deadline).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // and a sweep (interval 1 s)
     assert_eq!(kv.mget(S, &["k"]).await.unwrap()[0].1, "v2");
     assert_eq!(kv.ttl(S, &["k"]).await.unwrap()[0].1, "");
     assert!(kv.has(S, &["gone"]).await.unwrap().is_empty());
@@ -130,7 +133,7 @@ async fn data_and_deadlines_survive_a_restart() {
     let file = dir.path().join("rr.db");
     let server = start(&file).await;
     let mut kv = server.client().await;
-    let deadline = in_ms(1500);
+    let deadline = in_ms(4000);
     kv.set(
         S,
         vec![item("forever", "f", ""), item("soon", "s", &deadline)],
@@ -151,12 +154,7 @@ async fn data_and_deadlines_survive_a_restart() {
         1,
         "the deadline came back"
     );
-    let wait = deadline
-        .parse::<jiff::Timestamp>()
-        .unwrap()
-        .duration_since(jiff::Timestamp::now());
-    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default() + Duration::from_millis(50))
-        .await;
+    sleep_past(&deadline).await;
     assert_eq!(
         kv.has(S, &["forever", "soon"]).await.unwrap(),
         ["forever"],

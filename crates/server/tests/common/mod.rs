@@ -96,3 +96,10 @@ pub fn server_error<T: std::fmt::Debug>(r: Result<T, rrkv_client::Error>) -> Str
         other => panic!("expected an error reply, got {other:?}"),
     }
 }
+
+/// Sleeps until 100 ms past an RFC 3339 deadline made by [`in_ms`].
+pub async fn sleep_past(deadline: &str) {
+    let at: jiff::Timestamp = deadline.parse().expect("an RFC 3339 deadline");
+    let wait = at.duration_since(jiff::Timestamp::now()) + jiff::SignedDuration::from_millis(100);
+    tokio::time::sleep(std::time::Duration::try_from(wait).unwrap_or_default()).await;
+}
