@@ -4,13 +4,12 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rrkv::drivers::BuildContext;
 use rrkv::server::ServeOptions;
-use rrkv_client::{Address, Client};
+use rrkv_client::Address;
 
 const S: &str = "boltdb-rr";
 
@@ -248,57 +247,14 @@ async fn two_storages_on_one_file_fail_at_once() {
     );
 }
 
-fn rrkv_binary(dir: &Path, config: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_rrkv"))
-        .args(["serve", "-c", config.to_str().unwrap()])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-async fn connect(address: &Address) -> Client {
-    let start = Instant::now();
-    loop {
-        match Client::connect(address).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() > Duration::from_secs(20) => {
-                panic!("server did not start: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_file_held_by_another_process_fails_startup_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("one.sock");
-    let config = dir.path().join("rr.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "rpc:\n  listen: unix://{}\n{}",
-            sock.display(),
-            yaml(&dir.path().join("held.db"))
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "rr.yaml", "one.sock", "held.db");
     let mut first = rrkv_binary(dir.path(), &config);
-    drop(connect(&Address::Unix(sock.clone())).await);
+    drop(connect_when_ready(&Address::Unix(dir.path().join("one.sock"))).await);
 
-    let config2 = dir.path().join("rr2.yaml");
-    std::fs::write(
-        &config2,
-        format!(
-            "rpc:\n  listen: unix://{}/two.sock\n{}",
-            dir.path().display(),
-            yaml(&dir.path().join("held.db"))
-        ),
-    )
-    .unwrap();
+    let config2 = write_config(dir.path(), "rr2.yaml", "two.sock", "held.db");
     let started = Instant::now();
     let second = rrkv_binary(dir.path(), &config2)
         .wait_with_output()
@@ -311,28 +267,37 @@ async fn a_file_held_by_another_process_fails_startup_at_once() {
     first.wait().unwrap();
 }
 
+/// The server binary on `config`, listening on the unix socket `sock`, with the boltdb
+/// storage on `file`; returns the config path for restarts.
+fn write_config(dir: &Path, name: &str, sock: &str, file: &str) -> std::path::PathBuf {
+    let config = dir.join(name);
+    let text = format!(
+        "rpc:\n  listen: unix://{}\n{}",
+        dir.join(sock).display(),
+        yaml(&dir.join(file))
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn rrkv_binary(dir: &Path, config: &Path) -> std::process::Child {
+    rrkv(dir, &["serve", "-c", config.to_str().unwrap()])
+        .spawn()
+        .unwrap()
+}
+
 /// Streams acknowledged Sets, kills the server with SIGKILL at a random moment, restarts it
 /// and checks that every acknowledged key is there. Twenty rounds.
 #[tokio::test]
 async fn every_acknowledged_write_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("crash.sock");
-    let config = dir.path().join("rr.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "rpc:\n  listen: unix://{}\n{}",
-            sock.display(),
-            yaml(&dir.path().join("crash.db"))
-        ),
-    )
-    .unwrap();
-    let address = Address::Unix(sock.clone());
+    let config = write_config(dir.path(), "rr.yaml", "crash.sock", "crash.db");
+    let address = Address::Unix(dir.path().join("crash.sock"));
     let mut acked: Vec<String> = Vec::new();
     let mut rng = fastrand::Rng::with_seed(42);
     for round in 0..20 {
         let mut server = rrkv_binary(dir.path(), &config);
-        let mut kv = connect(&address).await;
+        let mut kv = connect_when_ready(&address).await;
         // Everything acknowledged so far is there, after the previous round's SIGKILL.
         for chunk in acked.chunks(500) {
             let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -348,7 +313,7 @@ async fn every_acknowledged_write_survives_sigkill() {
             let address = address.clone();
             let base = acked.len();
             tokio::spawn(async move {
-                let mut kv = connect(&address).await;
+                let mut kv = connect_when_ready(&address).await;
                 let mut done = Vec::new();
                 for i in 0.. {
                     let key = format!("r{round}-k{}", base + i);
@@ -366,7 +331,7 @@ async fn every_acknowledged_write_survives_sigkill() {
         acked.extend(writer.await.unwrap());
     }
     let mut server = rrkv_binary(dir.path(), &config);
-    let mut kv = connect(&address).await;
+    let mut kv = connect_when_ready(&address).await;
     for chunk in acked.chunks(500) {
         let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
         assert_eq!(kv.has(S, &keys).await.unwrap().len(), keys.len());

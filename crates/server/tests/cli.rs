@@ -1,21 +1,13 @@
 //! The `rrkv` binary as a user runs it: startup errors, defaults, `.rr.yaml`, signals.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use rrkv_client::{Address, Client, Item};
-
-fn rrkv(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rrkv"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
+use common::{connect_when_ready, rrkv};
+use rrkv_client::{Address, Item};
 
 /// Runs a command that must fail at startup; returns its stderr.
 fn startup_failure(dir: &Path, args: &[&str]) -> String {
@@ -31,19 +23,6 @@ fn terminate(child: &Child) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-async fn connect_when_ready(address: &Address) -> Client {
-    let start = Instant::now();
-    loop {
-        match Client::connect(address).await {
-            Ok(client) => return client,
-            Err(_) if start.elapsed() < Duration::from_secs(20) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("server did not come up: {e}"),
-        }
-    }
 }
 
 fn wait_exit(mut child: Child) -> (i32, String) {
@@ -197,8 +176,17 @@ async fn rr_yaml_in_the_working_directory_configures_two_storages_on_a_unix_sock
     assert!(!sock.exists(), "socket removed on exit");
 }
 
+/// Runs an `rrkv bench ... --json` command that must succeed, and returns its JSON.
+fn bench_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = rrkv(dir, args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
 #[tokio::test]
-async fn bench_memory_smoke_reports_figures_for_a_running_server() {
+async fn bench_smoke_reports_figures_for_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("bench.sock");
     let listen = format!("unix://{}", sock.display());
@@ -208,7 +196,8 @@ async fn bench_memory_smoke_reports_figures_for_a_running_server() {
     drop(connect_when_ready(&Address::Unix(sock.clone())).await);
     let target = format!("rrkv+unix://{}#default", sock.display());
     let pid = server.id().to_string();
-    let out = rrkv(
+
+    let reports = bench_json(
         dir.path(),
         &[
             "bench",
@@ -223,23 +212,14 @@ async fn bench_memory_smoke_reports_figures_for_a_running_server() {
             "20000",
             "--json",
         ],
-    )
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let figures = reports[0]["figures"].as_array().unwrap();
     let per_key = figures.iter().find(|f| f[0] == "bytes per key").unwrap()[1]
         .as_f64()
         .unwrap();
     assert!(per_key.is_finite(), "bytes per key: {per_key}");
 
-    let out = rrkv(
+    let report = bench_json(
         dir.path(),
         &[
             "bench",
@@ -265,22 +245,11 @@ async fn bench_memory_smoke_reports_figures_for_a_running_server() {
             "--prefill",
             "--json",
         ],
-    )
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{report}");
     assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
-    assert_eq!(
-        report["items"].as_u64().unwrap(),
-        3 * report["requests"].as_u64().unwrap()
-    );
+    assert_eq!(report["items"].as_u64().unwrap(), 3 * requests);
     terminate(&server);
     assert_eq!(wait_exit(server).0, 0);
 }

@@ -103,3 +103,29 @@ pub async fn sleep_past(deadline: &str) {
     let wait = at.duration_since(jiff::Timestamp::now()) + jiff::SignedDuration::from_millis(100);
     tokio::time::sleep(std::time::Duration::try_from(wait).unwrap_or_default()).await;
 }
+
+/// The `rrkv` binary, run in `dir` with `args`, stdout and stderr captured.
+pub fn rrkv(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rrkv"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Connects as soon as the server accepts (it may still be starting), for up to 20 s.
+pub async fn connect_when_ready(address: &Address) -> rrkv_client::Client {
+    let start = std::time::Instant::now();
+    loop {
+        match rrkv_client::Client::connect(address).await {
+            Ok(client) => return client,
+            Err(_) if start.elapsed() < std::time::Duration::from_secs(20) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("server did not come up: {e}"),
+        }
+    }
+}
