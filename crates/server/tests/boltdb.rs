@@ -184,17 +184,8 @@ async fn foreign_files_are_refused_and_left_untouched() {
     bytes.extend_from_slice(&0xED0C_DAEDu32.to_le_bytes());
     bytes.resize(4096, 7);
     std::fs::write(&bolt, &bytes).unwrap();
-    let config = rrkv::config::Config::parse(&yaml(&bolt), "t.yaml", &|_| None).unwrap();
-    let err = rrkv::Server::start(
-        &config,
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        &BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await
-    .err()
-    .expect("refused");
-    let text = err.to_string();
+    let err = start_error(&yaml(&bolt), "tcp://127.0.0.1:0").await;
+    let text = err;
     assert!(
         text.contains("kv.boltdb-rr.config.file") && text.contains("BoltDB (bbolt) file"),
         "{text}"
@@ -203,17 +194,8 @@ async fn foreign_files_are_refused_and_left_untouched() {
 
     let other = dir.path().join("notes.txt");
     std::fs::write(&other, "just some text, long enough").unwrap();
-    let config = rrkv::config::Config::parse(&yaml(&other), "t.yaml", &|_| None).unwrap();
-    let err = rrkv::Server::start(
-        &config,
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        &BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await
-    .err()
-    .expect("refused");
-    assert!(err.to_string().contains("not a redb database"), "{err}");
+    let err = start_error(&yaml(&other), "tcp://127.0.0.1:0").await;
+    assert!(err.contains("not a redb database"), "{err}");
     assert_eq!(
         std::fs::read_to_string(&other).unwrap(),
         "just some text, long enough"
@@ -228,19 +210,10 @@ async fn two_storages_on_one_file_fail_at_once() {
         "kv:\n  a:\n    driver: boltdb\n    config:\n      file: {0}\n  b:\n    driver: boltdb\n    config:\n      file: {0}\n",
         file.display()
     );
-    let config = rrkv::config::Config::parse(&text, "t.yaml", &|_| None).unwrap();
     let started = Instant::now();
-    let err = rrkv::Server::start(
-        &config,
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        &BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await
-    .err()
-    .expect("refused");
+    let err = start_error(&text, "tcp://127.0.0.1:0").await;
     assert!(started.elapsed() < Duration::from_secs(2));
-    let text = err.to_string();
+    let text = err;
     assert!(
         text.contains("kv.b.config.file") && text.contains("both use"),
         "{text}"

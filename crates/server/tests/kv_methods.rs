@@ -123,35 +123,20 @@ async fn a_live_socket_or_a_regular_file_is_not_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data.txt");
     std::fs::write(&file, "precious").unwrap();
-    let config = rrkv::config::Config::parse(TWO_MEMORY, "t.yaml", &|_| None).unwrap();
-    let options = ServeOptions::default();
-    let err = rrkv::Server::start(
-        &config,
-        &format!("unix://{}", file.display()).parse().unwrap(),
-        &BuildContext::default(),
-        options,
-    )
-    .await
-    .err()
-    .expect("refuses");
-    assert!(err.to_string().contains("not a socket"), "{err}");
+    let err = start_error(TWO_MEMORY, &format!("unix://{}", file.display())).await;
+    assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
 
     let live = format!("unix://{}", dir.path().join("live.sock").display());
-    let first = TestServer::start_at(TWO_MEMORY, &live, BuildContext::default(), options).await;
-    let err = rrkv::Server::start(
-        &config,
-        &live.parse().unwrap(),
-        &BuildContext::default(),
-        options,
+    let first = TestServer::start_at(
+        TWO_MEMORY,
+        &live,
+        BuildContext::default(),
+        ServeOptions::default(),
     )
-    .await
-    .err()
-    .expect("refuses");
-    assert!(
-        err.to_string().contains("another server is listening"),
-        "{err}"
-    );
+    .await;
+    let err = start_error(TWO_MEMORY, &live).await;
+    assert!(err.contains("another server is listening"), "{err}");
     first.stop().await;
 }
 

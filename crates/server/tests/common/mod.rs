@@ -129,3 +129,19 @@ pub async fn connect_when_ready(address: &Address) -> rrkv_client::Client {
         }
     }
 }
+
+/// Starts a server for `yaml` on `listen`, which must fail; returns the error text.
+pub async fn start_error(yaml: &str, listen: &str) -> String {
+    let config = Config::parse(yaml, "test.yaml", &|_| None).expect("test config");
+    match Server::start(
+        &config,
+        &listen.parse().unwrap(),
+        &BuildContext::default(),
+        ServeOptions::default(),
+    )
+    .await
+    {
+        Ok(_) => panic!("the server started, but it should have refused"),
+        Err(e) => e.to_string(),
+    }
+}
