@@ -58,6 +58,66 @@ enum Command {
     /// Measure a running server (load and memory scenarios over loopback).
     #[command(subcommand)]
     Bench(BenchCommand),
+
+    /// Talk to a running server, as the PHP client would: get, set, has, ttl, expire,
+    /// delete, clear.
+    Kv(KvArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KvArgs {
+    /// Server address: tcp://host:port or unix:///path/to.sock.
+    #[arg(long, default_value = rrkv::config::DEFAULT_LISTEN, value_name = "ADDRESS")]
+    address: Address,
+
+    /// Storage name (a key of the kv: section).
+    #[arg(long, short = 's', default_value = "default")]
+    storage: String,
+
+    #[command(subcommand)]
+    command: KvCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Print `key<TAB>value` for each key that exists.
+    Get {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Store a value, optionally with a TTL (e.g. 10s, 5m) or an RFC 3339 deadline.
+    Set {
+        key: String,
+        value: String,
+        #[arg(long, value_parser = parse_duration, conflicts_with = "deadline")]
+        ttl: Option<Duration>,
+        #[arg(long)]
+        deadline: Option<String>,
+    },
+    /// Print each key that exists.
+    Has {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Print `key<TAB>deadline` for each key that exists (empty: no deadline).
+    Ttl {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Give existing keys a new TTL.
+    Expire {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Delete keys (missing keys are fine).
+    Delete {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Delete every key of the storage.
+    Clear,
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,13 +330,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(BenchCommand::Memory(args)) => runtime.block_on(bench_memory(args)),
+        Command::Kv(args) => runtime.block_on(kv(args)),
         Command::Bench(BenchCommand::Load(args)) => runtime.block_on(bench_load(args)),
         Command::Bench(BenchCommand::Compare(args)) => runtime.block_on(bench_compare(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("rrkv: error: {e:#}");
             ExitCode::FAILURE
         }
@@ -325,6 +385,72 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(&config, &listen, &BuildContext::default(), options).await?;
     tracing::info!(address = %server.local_address(), "listening");
     server.serve(shutdown_signal()).await;
+    Ok(())
+}
+
+fn refs(keys: &[String]) -> Vec<&str> {
+    keys.iter().map(String::as_str).collect()
+}
+
+async fn kv(args: KvArgs) -> anyhow::Result<()> {
+    use rrkv_client::{Client, Item};
+    let deadline_in = |ttl: Duration| -> anyhow::Result<String> {
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::try_from(ttl)?;
+        Ok(at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    };
+    let mut client = Client::connect(&args.address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.address))?;
+    let storage = args.storage.as_str();
+    match args.command {
+        KvCommand::Get { keys } => {
+            for (key, value) in client.mget(storage, &refs(&keys)).await? {
+                println!("{key}\t{}", String::from_utf8_lossy(&value));
+            }
+        }
+        KvCommand::Set {
+            key,
+            value,
+            ttl,
+            deadline,
+        } => {
+            let timeout = match (ttl, deadline) {
+                (Some(ttl), _) => deadline_in(ttl)?,
+                (None, Some(deadline)) => deadline,
+                (None, None) => String::new(),
+            };
+            client
+                .set(
+                    storage,
+                    vec![Item {
+                        key,
+                        value: value.into(),
+                        timeout,
+                    }],
+                )
+                .await?;
+        }
+        KvCommand::Has { keys } => {
+            for key in client.has(storage, &refs(&keys)).await? {
+                println!("{key}");
+            }
+        }
+        KvCommand::Ttl { keys } => {
+            for (key, timeout) in client.ttl(storage, &refs(&keys)).await? {
+                println!("{key}\t{timeout}");
+            }
+        }
+        KvCommand::Expire { keys, ttl } => {
+            let deadline = deadline_in(ttl)?;
+            let items: Vec<(&str, &str)> = keys
+                .iter()
+                .map(|k| (k.as_str(), deadline.as_str()))
+                .collect();
+            client.mexpire(storage, &items).await?;
+        }
+        KvCommand::Delete { keys } => client.delete(storage, &refs(&keys)).await?,
+        KvCommand::Clear => client.clear(storage).await?,
+    }
     Ok(())
 }
 

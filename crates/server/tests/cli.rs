@@ -253,3 +253,45 @@ async fn bench_smoke_reports_figures_for_a_running_server() {
     terminate(&server);
     assert_eq!(wait_exit(server).0, 0);
 }
+
+#[tokio::test]
+async fn kv_subcommand_talks_to_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("kv.sock");
+    let address = format!("unix://{}", sock.display());
+    let server = rrkv(dir.path(), &["serve", "--listen", &address])
+        .spawn()
+        .unwrap();
+    drop(connect_when_ready(&Address::Unix(sock.clone())).await);
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv", "--address", &address];
+        all.extend_from_slice(args);
+        let out = rrkv(dir.path(), &all).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(kv(&["set", "greeting", "hello", "--ttl", "1h"]).0, Some(0));
+    assert_eq!(kv(&["set", "plain", "value"]).0, Some(0));
+    assert_eq!(
+        kv(&["get", "greeting", "plain", "missing"]).1,
+        "greeting\thello\nplain\tvalue\n"
+    );
+    assert_eq!(kv(&["has", "greeting", "missing"]).1, "greeting\n");
+    let ttl = kv(&["ttl", "greeting", "plain"]).1;
+    assert!(
+        ttl.starts_with("greeting\t20") && ttl.ends_with("Z\nplain\t\n"),
+        "{ttl}"
+    );
+    assert_eq!(kv(&["delete", "greeting"]).0, Some(0));
+    assert_eq!(kv(&["has", "greeting"]).1, "");
+    let (code, _, stderr) = kv(&["--storage", "nosuch", "get", "x"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no such storage: nosuch"), "{stderr}");
+    assert_eq!(kv(&["clear"]).0, Some(0));
+    assert_eq!(kv(&["has", "plain"]).1, "");
+    terminate(&server);
+    assert_eq!(wait_exit(server).0, 0);
+}
