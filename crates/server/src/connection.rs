@@ -35,6 +35,15 @@ pub struct Limits {
 const KEEP_BUFFER: usize = 1024 * 1024;
 const INITIAL_BUFFER: usize = 8 * 1024;
 
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed it, shutdown was signalled, or the socket failed.
+    Normally,
+    /// The client sent a malformed frame.
+    FrameError,
+}
+
 /// Serves one connection until the client closes it, it misbehaves, or shutdown is signalled
 /// (then calls already read are finished and answered first).
 pub async fn serve<S>(
@@ -43,7 +52,8 @@ pub async fn serve<S>(
     dispatcher: &Dispatcher,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) where
+) -> Closed
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut read_buf = BytesMut::with_capacity(INITIAL_BUFFER);
@@ -52,6 +62,7 @@ pub async fn serve<S>(
         FuturesUnordered::new();
     let mut reading = !*shutdown.borrow();
     let mut calls: u64 = 0;
+    let mut closed = Closed::Normally;
     // Created once: re-creating it on every loop turn would register and unregister a
     // waiter on the watch channel for every request.
     let stopping = shutdown.changed();
@@ -75,6 +86,7 @@ pub async fn serve<S>(
                 Err(e) => {
                     tracing::warn!(peer, error = %e, "closing connection: malformed frame");
                     reading = false;
+                    closed = Closed::FrameError;
                 }
             }
         }
@@ -89,7 +101,7 @@ pub async fn serve<S>(
         if !write_buf.is_empty() {
             if let Err(e) = stream.write_all(&write_buf).await {
                 tracing::debug!(peer, error = %e, "write failed; dropping connection");
-                return;
+                return closed;
             }
             write_buf.clear();
             if write_buf.capacity() > KEEP_BUFFER {
@@ -107,7 +119,7 @@ pub async fn serve<S>(
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(peer, error = %e, "read failed; dropping connection");
-                        return;
+                        return closed;
                     }
                 }
             }
@@ -117,4 +129,5 @@ pub async fn serve<S>(
     }
     let _ = stream.shutdown().await;
     tracing::debug!(peer, calls, "connection closed");
+    closed
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rrkv_protocol::kv::{Item, Request, Response};
 
+use crate::metrics::RequestMetrics;
 use crate::storage::{SetItem, Storage, StorageError};
 use crate::timeout::{format_deadline, parse_deadline};
 
@@ -87,6 +88,7 @@ pub struct KvService {
     /// Sorted by name: a handful of storages is found faster by binary search than by
     /// hashing the name on every call.
     storages: Vec<(String, Arc<dyn Storage>)>,
+    metrics: RequestMetrics,
 }
 
 impl KvService {
@@ -94,7 +96,10 @@ impl KvService {
         let mut storages: Vec<_> = storages.into_iter().collect();
         storages.sort_by(|a, b| a.0.cmp(&b.0));
         storages.dedup_by(|a, b| a.0 == b.0);
-        KvService { storages }
+        KvService {
+            storages,
+            metrics: RequestMetrics::new(),
+        }
     }
 
     /// The storage called `name`.
@@ -121,6 +126,14 @@ impl KvService {
 
     /// Runs one call. The error is the text of the error reply.
     pub async fn call(&self, method: Method, request: Request) -> Result<Response, String> {
+        let started = std::time::Instant::now();
+        let result = self.run(method, request).await;
+        self.metrics
+            .record(method, result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn run(&self, method: Method, request: Request) -> Result<Response, String> {
         let storage = match request.storage.as_str() {
             "" => return Err("no storage provided".to_string()),
             name => self

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod drivers;
 pub mod kv;
+pub mod metrics;
 pub mod rpc;
 pub mod server;
 pub mod storage;
@@ -91,6 +92,11 @@ impl Server {
             dispatcher: Arc::new(Dispatcher::new(kv)),
             options,
         })
+    }
+
+    /// The request dispatcher, for metrics that read storage sizes.
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        self.dispatcher.clone()
     }
 
     /// The bound address (with the real port if port 0 was asked for).

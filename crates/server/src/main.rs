@@ -309,6 +309,11 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_inflight: usize,
 
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9180; any path, such as
+    /// /metrics): requests and latency per method, connections, frame errors, keys per storage.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+
     /// Seconds that in-flight calls get to finish after SIGINT or SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     shutdown_timeout: f64,
@@ -382,9 +387,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
     };
+    if let Some(address) = args.metrics {
+        rrkv::metrics::install_prometheus(address)?;
+        tracing::info!(%address, "serving Prometheus metrics");
+    }
     let server = Server::start(&config, &listen, &BuildContext::default(), options).await?;
+    let gauges = rrkv::metrics::spawn_storage_gauges(server.dispatcher());
     tracing::info!(address = %server.local_address(), "listening");
     server.serve(shutdown_signal()).await;
+    gauges.abort();
     Ok(())
 }
 

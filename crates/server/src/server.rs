@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::connection::{self, Limits};
+use crate::metrics::ConnectionMetrics;
 use crate::rpc::Dispatcher;
 
 /// How the server treats connections and shutdown.
@@ -104,6 +105,7 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let metrics = Arc::new(ConnectionMetrics::new());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -115,16 +117,23 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let dispatcher = dispatcher.clone();
                 let stop = stop_rx.clone();
+                let metrics = metrics.clone();
+                metrics.accepted.increment(1);
+                metrics.open.increment(1.0);
                 connections.spawn(async move {
                     tracing::debug!(peer, "connection opened");
-                    match stream {
+                    let closed = match stream {
                         Stream::Tcp(s) => {
                             connection::serve(s, &peer, &dispatcher, options.limits, stop).await
                         }
                         Stream::Unix(s) => {
                             connection::serve(s, &peer, &dispatcher, options.limits, stop).await
                         }
+                    };
+                    if closed == connection::Closed::FrameError {
+                        metrics.frame_errors.increment(1);
                     }
+                    metrics.open.decrement(1.0);
                 });
             }
             Err(e) => {

@@ -20,6 +20,17 @@ pub struct SetItem {
     pub deadline: Option<DeadlineMs>,
 }
 
+/// Sizes a storage can report cheaply, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Stored keys (may include expired keys not yet swept).
+    pub keys: usize,
+    /// Keys with a deadline.
+    pub index_entries: usize,
+    /// Bytes of keys and values.
+    pub data_bytes: usize,
+}
+
 /// A storage failure, reported to the client as an error reply.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -62,4 +73,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Releases resources (threads, files, connections) at shutdown.
     async fn close(&self) -> Result<(), StorageError>;
+
+    /// Sizes, if the driver knows them without I/O.
+    fn stats(&self) -> Option<StorageStats> {
+        None
+    }
 }

@@ -295,3 +295,85 @@ async fn kv_subcommand_talks_to_a_running_server() {
     terminate(&server);
     assert_eq!(wait_exit(server).0, 0);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test]
+async fn metrics_count_requests_connections_and_frame_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rpc, metrics) = (free_port(), free_port());
+    let listen = format!("tcp://127.0.0.1:{rpc}");
+    let metrics_address = format!("127.0.0.1:{metrics}");
+    let server = rrkv(
+        dir.path(),
+        &["serve", "--listen", &listen, "--metrics", &metrics_address],
+    )
+    .spawn()
+    .unwrap();
+    let mut kv = connect_when_ready(&listen.parse().unwrap()).await;
+    kv.set(
+        "default",
+        vec![Item {
+            key: "k".into(),
+            value: "v".into(),
+            timeout: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
+    kv.mget("default", &["k"]).await.unwrap();
+    assert!(kv.has("nosuch", &["k"]).await.is_err());
+    let mut bad = tokio::net::TcpStream::connect(("127.0.0.1", rpc))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut bad, b"definitely not a goridge frame")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut bad, &mut sink).await; // closed by the server
+    let expected = [
+        "rrkv_requests_total{method=\"Set\",outcome=\"ok\"} 1",
+        "rrkv_requests_total{method=\"MGet\",outcome=\"ok\"} 1",
+        "rrkv_requests_total{method=\"Has\",outcome=\"error\"} 1",
+        "rrkv_frame_errors_total 1",
+        "rrkv_connections_total 2",
+        "rrkv_request_duration_seconds_count{method=\"Set\"} 1",
+    ];
+    // The frame-error counter moves when the server has finished closing that connection,
+    // which may be a moment after the client sees the close: poll briefly.
+    let started = std::time::Instant::now();
+    loop {
+        let body = http_get(&metrics_address);
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|e| !body.lines().any(|l| l == **e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "missing {missing:?} in:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    terminate(&server);
+    assert_eq!(wait_exit(server).0, 0);
+}

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rrkv_engine::{Engine, Sweeper};
 
-use crate::storage::{DeadlineMs, SetItem, Storage, StorageError};
+use crate::storage::{DeadlineMs, SetItem, Storage, StorageError, StorageStats};
 
 /// An in-process storage. Its data lives as long as the server process.
 pub struct MemoryStorage {
@@ -90,6 +90,15 @@ impl Storage for MemoryStorage {
     async fn clear(&self) -> Result<(), StorageError> {
         self.engine.clear();
         Ok(())
+    }
+
+    fn stats(&self) -> Option<StorageStats> {
+        let s = self.engine.stats();
+        Some(StorageStats {
+            keys: s.keys,
+            index_entries: s.index_entries,
+            data_bytes: s.data_bytes,
+        })
     }
 
     async fn close(&self) -> Result<(), StorageError> {
