@@ -314,6 +314,11 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<std::net::SocketAddr>,
 
+    /// Worker threads serving connections (default: one per core). On a machine shared with
+    /// a busy client, fewer threads can mean fewer context switches.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
     /// Seconds that in-flight calls get to finish after SIGINT or SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     shutdown_timeout: f64,
@@ -322,10 +327,15 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(ServeArgs {
+        threads: Some(threads),
+        ..
+    }) = &cli.command
     {
+        builder.worker_threads((*threads).max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("rrkv: error: cannot start the async runtime: {e}");

@@ -95,6 +95,8 @@ fn help_explains_every_option() {
         "--max-frame-size",
         "--max-inflight",
         "--shutdown-timeout",
+        "--threads",
+        "--metrics",
         "--log-level",
     ] {
         assert!(help.contains(option), "serve --help mentions {option}");
