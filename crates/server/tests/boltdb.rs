@@ -127,6 +127,17 @@ async fn upstream_boltdb_cases() {
 }
 
 #[tokio::test]
+async fn large_values_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("big.db")).await;
+    let mut kv = server.client().await;
+    let big = "x".repeat(16 * 1024 * 1024);
+    kv.set(S, vec![item("big", &big, "")]).await.unwrap();
+    assert_eq!(kv.mget(S, &["big"]).await.unwrap()[0].1.len(), big.len());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn data_and_deadlines_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rr.db");
