@@ -340,10 +340,25 @@ fn writer(db: Arc<Database>, clock: Arc<dyn Clock>, jobs: mpsc::Receiver<Job>) {
 fn apply(db: &Database, now: DeadlineMs, group: &[Job]) -> Result<(), String> {
     let txn = db.begin_write().map_err(backend)?;
     let mut more_to_sweep = false;
-    {
+    let mut rest = group;
+    while !rest.is_empty() {
+        // Clear drops both tables whole, which frees their pages at once; deleting entry by
+        // entry would copy every page it touches and grow the file.
+        if matches!(rest[0].write, Write::Clear) {
+            txn.delete_table(KV).map_err(backend)?;
+            txn.delete_table(EXPIRY).map_err(backend)?;
+            rest = &rest[1..];
+            continue;
+        }
+        let run = rest
+            .iter()
+            .position(|j| matches!(j.write, Write::Clear))
+            .unwrap_or(rest.len());
+        let (jobs, tail) = rest.split_at(run);
+        rest = tail;
         let mut kv = txn.open_table(KV).map_err(backend)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
-        for job in group {
+        for job in jobs {
             match &job.write {
                 Write::Set(items) => {
                     for item in items {
@@ -405,10 +420,7 @@ fn apply(db: &Database, now: DeadlineMs, group: &[Job]) -> Result<(), String> {
                         }
                     }
                 }
-                Write::Clear => {
-                    kv.retain(|_, _| false).map_err(backend)?;
-                    expiry.retain(|_, _| false).map_err(backend)?;
-                }
+                Write::Clear => {} // handled above, between runs of other writes
                 Write::Sweep => {
                     let due: Vec<(u64, String)> = expiry
                         .range::<(u64, &str)>(..(now + 1, ""))
@@ -438,6 +450,9 @@ fn apply(db: &Database, now: DeadlineMs, group: &[Job]) -> Result<(), String> {
             }
         }
     }
+    // Both tables exist after every commit, so readers never meet a missing one.
+    txn.open_table(KV).map_err(backend)?;
+    txn.open_table(EXPIRY).map_err(backend)?;
     txn.commit().map_err(backend)?;
     if more_to_sweep {
         // Bounded batches: the next batch runs in its own transaction, after waiting writers.
