@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{connect_when_ready, rrkv};
-use rrkv_client::{Address, Item};
+use common::{connect_when_ready, item, rrkv};
+use rrkv_client::Address;
 
 /// Runs a command that must fail at startup; returns its stderr.
 fn startup_failure(dir: &Path, args: &[&str]) -> String {
@@ -116,16 +116,7 @@ async fn with_no_file_it_serves_memory_storage_default_on_6001_and_stops_on_sigt
     );
     let child = rrkv(dir.path(), &["serve"]).spawn().unwrap();
     let mut kv = connect_when_ready(&"tcp://127.0.0.1:6001".parse().unwrap()).await;
-    kv.set(
-        "default",
-        vec![Item {
-            key: "k".into(),
-            value: "v".into(),
-            timeout: String::new(),
-        }],
-    )
-    .await
-    .unwrap();
+    kv.set("default", vec![item("k", "v", "")]).await.unwrap();
     assert_eq!(kv.has("default", &["k"]).await.unwrap(), ["k"]);
     terminate(&child);
     let (code, stderr) = wait_exit(child);
@@ -159,16 +150,7 @@ async fn rr_yaml_in_the_working_directory_configures_two_storages_on_a_unix_sock
         .spawn()
         .unwrap();
     let mut kv = connect_when_ready(&Address::Unix(sock.clone())).await;
-    kv.set(
-        "sessions",
-        vec![Item {
-            key: "s".into(),
-            value: "1".into(),
-            timeout: String::new(),
-        }],
-    )
-    .await
-    .unwrap();
+    kv.set("sessions", vec![item("s", "1", "")]).await.unwrap();
     assert_eq!(kv.has("sessions", &["s"]).await.unwrap(), ["s"]);
     assert!(kv.has("cache", &["s"]).await.unwrap().is_empty());
     terminate(&child);
@@ -330,16 +312,7 @@ async fn metrics_count_requests_connections_and_frame_errors() {
     .spawn()
     .unwrap();
     let mut kv = connect_when_ready(&listen.parse().unwrap()).await;
-    kv.set(
-        "default",
-        vec![Item {
-            key: "k".into(),
-            value: "v".into(),
-            timeout: String::new(),
-        }],
-    )
-    .await
-    .unwrap();
+    kv.set("default", vec![item("k", "v", "")]).await.unwrap();
     kv.mget("default", &["k"]).await.unwrap();
     assert!(kv.has("nosuch", &["k"]).await.is_err());
     let mut bad = tokio::net::TcpStream::connect(("127.0.0.1", rpc))

@@ -3,8 +3,6 @@
 mod common;
 
 use common::*;
-use rrkv::drivers::BuildContext;
-use rrkv::server::ServeOptions;
 use rrkv_client::{Client, Item, Request};
 
 /// The upstream memory driver's scenario (roadrunner-server/memory `testRPCMethodsInMemory`),
@@ -83,13 +81,7 @@ async fn upstream_memory_scenario_over_tcp() {
 async fn upstream_memory_scenario_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("unix://{}", dir.path().join("rr.sock").display());
-    let server = TestServer::start_at(
-        TWO_MEMORY,
-        &listen,
-        BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await;
+    let server = TestServer::memory_at(&listen).await;
     upstream_memory_scenario(&mut server.client().await).await;
     server.stop().await;
     assert!(
@@ -105,13 +97,7 @@ async fn a_stale_unix_socket_file_is_replaced() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists(), "a dead server left its socket file behind");
     let listen = format!("unix://{}", path.display());
-    let server = TestServer::start_at(
-        TWO_MEMORY,
-        &listen,
-        BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await;
+    let server = TestServer::memory_at(&listen).await;
     let mut kv = server.client().await;
     kv.set("memory", vec![item("k", "v", "")]).await.unwrap();
     assert_eq!(kv.has("memory", &["k"]).await.unwrap(), ["k"]);
@@ -128,13 +114,7 @@ async fn a_live_socket_or_a_regular_file_is_not_replaced() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
 
     let live = format!("unix://{}", dir.path().join("live.sock").display());
-    let first = TestServer::start_at(
-        TWO_MEMORY,
-        &live,
-        BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await;
+    let first = TestServer::memory_at(&live).await;
     let err = start_error(TWO_MEMORY, &live).await;
     assert!(err.contains("another server is listening"), "{err}");
     first.stop().await;

@@ -42,6 +42,17 @@ impl TestServer {
         }
     }
 
+    /// Two memory storages, `memory` and `other`, on `listen`.
+    pub async fn memory_at(listen: &str) -> TestServer {
+        TestServer::start_at(
+            TWO_MEMORY,
+            listen,
+            BuildContext::default(),
+            ServeOptions::default(),
+        )
+        .await
+    }
+
     /// Two memory storages, `memory` and `other`, on a free TCP port.
     pub async fn memory() -> TestServer {
         TestServer::start_at(
