@@ -9,7 +9,11 @@
 //! Writes go to one writer thread. It takes every write that is waiting, applies them in one
 //! transaction and commits once (durably), then acknowledges them all: group commit, so 50
 //! connections do not cost 50 serial fsyncs. A write is acknowledged only after its commit.
-//! Reads use their own read transactions (MVCC) on the blocking pool and never wait for writers.
+//! Reads use their own read transactions (MVCC) and never wait for writers. They run inline on
+//! the connection's task: redb serves them from its page cache (1 GiB by default), and handing
+//! each read to the blocking pool cost more than the read (50 connections: 48k gets/s through
+//! `spawn_blocking`, 130k inline). A read that misses the cache holds one worker for one disk
+//! read.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -291,7 +295,7 @@ impl BoltStorage {
             .map_err(|e| self.fail(e))
     }
 
-    /// Runs `f` on a read transaction's `kv` table on the blocking pool.
+    /// Runs `f` on a read transaction's `kv` table (inline; see the module documentation).
     async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(
@@ -301,16 +305,13 @@ impl BoltStorage {
             + Send
             + 'static,
     ) -> Result<R, StorageError> {
-        let db = self.db.clone();
         let now = self.clock.now_ms();
-        let result = tokio::task::spawn_blocking(move || -> Result<R, String> {
-            let txn = db.begin_read().map_err(backend)?;
+        let read = || -> Result<R, String> {
+            let txn = self.db.begin_read().map_err(backend)?;
             let table = txn.open_table(KV).map_err(backend)?;
             f(&table, now).map_err(backend)
-        })
-        .await
-        .map_err(|e| self.fail(e))?;
-        result.map_err(|e| self.fail(e))
+        };
+        read().map_err(|e| self.fail(e))
     }
 }
 
