@@ -146,7 +146,10 @@ impl Frame {
             });
         }
         if src.len() < RPC_HEADER_LEN + payload_len {
-            src.reserve(RPC_HEADER_LEN + payload_len - src.len());
+            // Make room for the rest, but at most 1 MiB ahead of what has arrived, so a header
+            // that merely announces a large payload cannot make us allocate it.
+            let missing = RPC_HEADER_LEN + payload_len - src.len();
+            src.reserve(missing.min(1 << 20));
             return Ok(None);
         }
         let flags = src[1];
@@ -269,6 +272,19 @@ mod tests {
             assert_eq!(Frame::decode(&mut buf, 1024), Ok(None), "cut at {cut}");
             assert_eq!(buf.len(), cut, "nothing consumed");
         }
+    }
+
+    #[test]
+    fn an_announced_payload_is_not_allocated_up_front() {
+        let mut header = BytesMut::new();
+        put_header(&mut header, 0x80, 1, 6, 60 * 1024 * 1024);
+        let mut buf = BytesMut::from(&header[..]);
+        assert_eq!(Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD), Ok(None));
+        assert!(
+            buf.capacity() < 2 * 1024 * 1024,
+            "capacity {}",
+            buf.capacity()
+        );
     }
 
     #[test]
