@@ -192,6 +192,12 @@ fn decode(record: &[u8]) -> Option<(Option<DeadlineMs>, &[u8])> {
     Some(((deadline != 0).then_some(deadline), value))
 }
 
+/// The deadline of a record a table handed back: `None` if there was no (readable) record,
+/// `Some(None)` if it never expires.
+fn deadline_of(record: Option<redb::AccessGuard<'_, &'static [u8]>>) -> Option<Option<DeadlineMs>> {
+    record.and_then(|g| decode(g.value()).map(|(d, _)| d))
+}
+
 fn live(deadline: Option<DeadlineMs>, now: DeadlineMs) -> bool {
     deadline.is_none_or(|d| d > now)
 }
@@ -295,21 +301,30 @@ impl BoltStorage {
             .map_err(|e| self.fail(e))
     }
 
-    /// Runs `f` on a read transaction's `kv` table (inline; see the module documentation).
-    async fn read<R: Send + 'static>(
+    /// Calls `pick` with each key that is stored and live at now, its deadline and its value,
+    /// in one read transaction, and collects the results. Reads run inline (see the module
+    /// documentation).
+    fn read_live<T>(
         &self,
-        f: impl FnOnce(
-                &redb::ReadOnlyTable<&'static str, &'static [u8]>,
-                DeadlineMs,
-            ) -> Result<R, redb::StorageError>
-            + Send
-            + 'static,
-    ) -> Result<R, StorageError> {
+        keys: &[String],
+        pick: impl Fn(&String, Option<DeadlineMs>, &[u8]) -> T,
+    ) -> Result<Vec<T>, StorageError> {
         let now = self.clock.now_ms();
-        let read = || -> Result<R, String> {
+        let read = || -> Result<Vec<T>, String> {
             let txn = self.db.begin_read().map_err(backend)?;
             let table = txn.open_table(KV).map_err(backend)?;
-            f(&table, now).map_err(backend)
+            let mut out = Vec::new();
+            for key in keys {
+                if let Some(record) = table.get(key.as_str()).map_err(backend)? {
+                    match decode(record.value()) {
+                        Some((deadline, value)) if live(deadline, now) => {
+                            out.push(pick(key, deadline, value))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(out)
         };
         read().map_err(|e| self.fail(e))
     }
@@ -363,24 +378,19 @@ fn apply(db: &Database, now: DeadlineMs, group: &[Job]) -> Result<(), String> {
             match &job.write {
                 Write::Set(items) => {
                     for item in items {
-                        let old = kv
-                            .get(item.key.as_str())
-                            .map_err(backend)?
-                            .and_then(|g| decode(g.value()).map(|(d, _)| d));
+                        let key = item.key.as_str();
+                        // One B-tree operation: insert (or remove) hands back the old record.
+                        let old = if item.deadline.is_some_and(|d| d <= now) {
+                            deadline_of(kv.remove(key).map_err(backend)?)
+                        } else {
+                            let record = encode(item.deadline, &item.value);
+                            deadline_of(kv.insert(key, record.as_slice()).map_err(backend)?)
+                        };
                         if let Some(Some(d)) = old {
-                            expiry.remove((d, item.key.as_str())).map_err(backend)?;
+                            expiry.remove((d, key)).map_err(backend)?;
                         }
-                        if item.deadline.is_some_and(|d| d <= now) {
-                            kv.remove(item.key.as_str()).map_err(backend)?;
-                            continue;
-                        }
-                        kv.insert(
-                            item.key.as_str(),
-                            encode(item.deadline, &item.value).as_slice(),
-                        )
-                        .map_err(backend)?;
-                        if let Some(d) = item.deadline {
-                            expiry.insert((d, item.key.as_str()), ()).map_err(backend)?;
+                        if let Some(d) = item.deadline.filter(|&d| d > now) {
+                            expiry.insert((d, key), ()).map_err(backend)?;
                         }
                     }
                 }
@@ -412,10 +422,7 @@ fn apply(db: &Database, now: DeadlineMs, group: &[Job]) -> Result<(), String> {
                 }
                 Write::Delete(keys) => {
                     for key in keys {
-                        let old = kv
-                            .remove(key.as_str())
-                            .map_err(backend)?
-                            .and_then(|g| decode(g.value()).map(|(d, _)| d));
+                        let old = deadline_of(kv.remove(key.as_str()).map_err(backend)?);
                         if let Some(Some(d)) = old {
                             expiry.remove((d, key.as_str())).map_err(backend)?;
                         }
@@ -439,10 +446,7 @@ fn apply(db: &Database, now: DeadlineMs, group: &[Job]) -> Result<(), String> {
                     for (d, key) in due {
                         expiry.remove((d, key.as_str())).map_err(backend)?;
                         // Remove the key only if this is still its deadline.
-                        let current = kv
-                            .get(key.as_str())
-                            .map_err(backend)?
-                            .and_then(|g| decode(g.value()).map(|(d, _)| d));
+                        let current = deadline_of(kv.get(key.as_str()).map_err(backend)?);
                         if current == Some(Some(d)) {
                             kv.remove(key.as_str()).map_err(backend)?;
                         }
@@ -476,37 +480,13 @@ impl Storage for BoltStorage {
     }
 
     async fn has(&self, keys: &[String]) -> Result<Vec<String>, StorageError> {
-        let keys = keys.to_vec();
-        self.read(move |kv, now| {
-            let mut out = Vec::new();
-            for key in keys {
-                if let Some(g) = kv.get(key.as_str())? {
-                    if decode(g.value()).is_some_and(|(d, _)| live(d, now)) {
-                        out.push(key);
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.read_live(keys, |key, _, _| key.clone())
     }
 
     async fn mget(&self, keys: &[String]) -> Result<Vec<(String, Bytes)>, StorageError> {
-        let keys = keys.to_vec();
-        self.read(move |kv, now| {
-            let mut out = Vec::new();
-            for key in keys {
-                if let Some(g) = kv.get(key.as_str())? {
-                    if let Some((d, value)) = decode(g.value()) {
-                        if live(d, now) {
-                            out.push((key, Bytes::copy_from_slice(value)));
-                        }
-                    }
-                }
-            }
-            Ok(out)
+        self.read_live(keys, |key, _, value| {
+            (key.clone(), Bytes::copy_from_slice(value))
         })
-        .await
     }
 
     async fn set(&self, items: Vec<SetItem>) -> Result<(), StorageError> {
@@ -521,21 +501,7 @@ impl Storage for BoltStorage {
         &self,
         keys: &[String],
     ) -> Result<Vec<(String, Option<DeadlineMs>)>, StorageError> {
-        let keys = keys.to_vec();
-        self.read(move |kv, now| {
-            let mut out = Vec::new();
-            for key in keys {
-                if let Some(g) = kv.get(key.as_str())? {
-                    if let Some((d, _)) = decode(g.value()) {
-                        if live(d, now) {
-                            out.push((key, d));
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.read_live(keys, |key, deadline, _| (key.clone(), deadline))
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
