@@ -27,11 +27,6 @@ impl Reply {
             Err(text) => frame::put_error(dst, self.codec.flag(), self.seq, &self.method, text),
         }
     }
-
-    /// Whether the call failed.
-    pub fn is_error(&self) -> bool {
-        self.result.is_err()
-    }
 }
 
 /// Routes `service.Method` calls. rrkv registers one service, `kv`.
