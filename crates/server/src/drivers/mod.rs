@@ -1,7 +1,10 @@
 //! Storage drivers, and building them from configuration.
 
 pub mod boltdb;
+pub mod memcached;
 pub mod memory;
+mod options;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -73,6 +76,39 @@ pub fn build(
         || "(built-in configuration)".to_string(),
         |p| p.display().to_string(),
     );
+    let options_key = |key: &str| {
+        let base = if storage.options_path == "-" {
+            format!("kv.{}.config", storage.name)
+        } else {
+            storage.options_path.clone()
+        };
+        if key.is_empty() {
+            base
+        } else {
+            format!("{base}.{key}")
+        }
+    };
+    let bad_option = |(key, message): (String, String)| ConfigError {
+        file: file.clone(),
+        key: Some(options_key(&key)),
+        message,
+    };
+    // Upstream fails to start a networked storage that has no config section, rather than
+    // guess where its servers are.
+    let require_section = |example: &str| {
+        if storage.options_path == "-" {
+            Err(ConfigError {
+                file: file.clone(),
+                key: Some(format!("kv.{}.config", storage.name)),
+                message: format!(
+                    "the {} driver needs a config section, e.g. `config: {{ {example} }}`",
+                    storage.driver
+                ),
+            })
+        } else {
+            Ok(())
+        }
+    };
     match storage.driver.as_str() {
         "memory" => {
             // The memory driver has no options; upstream's old `interval` key is accepted
@@ -81,24 +117,7 @@ pub fn build(
             Ok(Arc::new(memory::MemoryStorage::new(engine)))
         }
         "boltdb" => {
-            let options_key = |key: &str| {
-                let base = if storage.options_path == "-" {
-                    format!("kv.{}.config", storage.name)
-                } else {
-                    storage.options_path.clone()
-                };
-                if key.is_empty() {
-                    base
-                } else {
-                    format!("{base}.{key}")
-                }
-            };
-            let options =
-                boltdb::parse_options(&storage.options).map_err(|(key, message)| ConfigError {
-                    file: file.clone(),
-                    key: Some(options_key(&key)),
-                    message,
-                })?;
+            let options = boltdb::parse_options(&storage.options).map_err(bad_option)?;
             let bolt =
                 boltdb::BoltStorage::open(&options, ctx.clock.clone()).map_err(|message| {
                     ConfigError {
@@ -108,6 +127,20 @@ pub fn build(
                     }
                 })?;
             Ok(Arc::new(bolt))
+        }
+        "redis" => {
+            require_section("addrs: [\"127.0.0.1:6379\"]")?;
+            let options = redis::parse_options(&storage.options).map_err(bad_option)?;
+            let redis = redis::RedisStorage::new(&options, ctx.clock.clone())
+                .map_err(|message| bad_option((String::new(), message)))?;
+            Ok(Arc::new(redis))
+        }
+        "memcached" => {
+            require_section("addr: [\"127.0.0.1:11211\"]")?;
+            let options = memcached::parse_options(&storage.options).map_err(bad_option)?;
+            let memcached = memcached::MemcachedStorage::new(&options, ctx.clock.clone())
+                .map_err(|message| bad_option((String::new(), message)))?;
+            Ok(Arc::new(memcached))
         }
         other => Err(ConfigError {
             file,

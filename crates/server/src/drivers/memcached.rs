@@ -1,0 +1,476 @@
+//! The `memcached` driver: a storage spread over memcached servers.
+//!
+//! Built on the `memcache` crate's async meta-protocol client (`memcache::exp`), which keeps a
+//! pool of connections per server, dials lazily, redials a dead pooled connection once, and
+//! pipelines a batch of commands per server. So rrkv starts while memcached is down, a call
+//! fails with an error naming the server, and calls succeed again once it is back. The crate
+//! marks that module experimental, so the version is pinned exactly in Cargo.toml.
+//!
+//! A key belongs to one server, chosen on a consistent-hash ring ([`Ring`]): adding or
+//! removing a server moves only the keys of that server, and a server listed twice gets
+//! twice the share of keys, as in RoadRunner.
+//!
+//! Semantics: Set stores with the deadline rounded up to the second (memcached's
+//! resolution), so a key never disappears before its deadline and lives at most one second
+//! past it; a deadline at or before now deletes. MExpire is `touch` (a missing key stays
+//! missing). Has and MGet are one pipelined batch per server. Delete ignores misses. Clear is
+//! `flush_all` on every server. TTL cannot be read back from memcached, so it fails with
+//! RoadRunner's `memcached_plugin_ttl` text, which the PHP client turns into a
+//! NotImplementedException.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use memcache::exp::{AsyncMetaClient, Delete, Get, GetStatus, MutationStatus, Router, Set};
+use rrkv_engine::Clock;
+use tokio::sync::OnceCell;
+
+use super::options;
+use crate::storage::{DeadlineMs, SetItem, Storage, StorageError};
+
+/// The text RoadRunner's memcached driver answers kv.TTL with; the PHP client looks for
+/// `_plugin_ttl` in it.
+pub const TTL_UNSUPPORTED: &str = "memcached_plugin_ttl: not valid request for memcached, \
+     see https://github.com/memcached/memcached/issues/239";
+
+/// The longest key memcached accepts.
+const MAX_KEY_LEN: usize = 250;
+/// TTLs up to this many seconds are relative; memcached reads larger ones as Unix times.
+const MAX_RELATIVE_SECS: u64 = 30 * 24 * 3600;
+/// Points each server entry gets on the ring.
+const POINTS_PER_ENTRY: u32 = 160;
+
+/// Options of a `memcached` storage (`kv.<name>.config`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemcachedOptions {
+    /// `host:port` of each server; one listed twice gets twice the keys.
+    pub addr: Vec<String>,
+    pub dial_timeout: Duration,
+    /// How long one exchange (a command or a batch) may take.
+    pub io_timeout: Duration,
+    /// Idle connections kept per server.
+    pub max_idle: usize,
+}
+
+impl Default for MemcachedOptions {
+    fn default() -> Self {
+        MemcachedOptions {
+            addr: vec!["127.0.0.1:11211".into()],
+            dial_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            max_idle: 64,
+        }
+    }
+}
+
+/// Reads the driver's options; the error names the key.
+pub fn parse_options(value: &serde_norway::Value) -> Result<MemcachedOptions, (String, String)> {
+    let mut out = MemcachedOptions::default();
+    for (key, value) in options::mapping(value, "memcached", "addr")? {
+        let at = |message: String| (key.to_string(), message);
+        match key {
+            "addr" => out.addr = options::addresses(value).map_err(at)?,
+            "dial_timeout" => {
+                if let Some(d) = options::go_duration(value).map_err(at)? {
+                    out.dial_timeout = d;
+                }
+            }
+            "timeout" | "io_timeout" => {
+                if let Some(d) = options::go_duration(value).map_err(at)? {
+                    out.io_timeout = d;
+                }
+            }
+            "max_idle" => {
+                let n = options::unsigned(value).map_err(at)?;
+                out.max_idle = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+            }
+            other => tracing::warn!(key = other, "unknown memcached option ignored"),
+        }
+    }
+    Ok(out)
+}
+
+/// A consistent-hash ring over the configured server entries (duplicates included).
+///
+/// Each entry owns [`POINTS_PER_ENTRY`] points, placed by hashing `address#occurrence#n`;
+/// a key goes to the entry owning the first point at or after the key's hash. Hashes are
+/// CRC-32, which never changes, so every rrkv process with the same `addr` list routes every
+/// key to the same server.
+pub struct Ring {
+    points: Vec<(u32, usize)>,
+}
+
+impl Ring {
+    pub fn new(entries: &[String]) -> Ring {
+        let mut points = Vec::with_capacity(entries.len() * POINTS_PER_ENTRY as usize);
+        for (index, address) in entries.iter().enumerate() {
+            let occurrence = entries[..index].iter().filter(|a| *a == address).count();
+            for n in 0..POINTS_PER_ENTRY {
+                let label = format!("{address}#{occurrence}#{n}");
+                points.push((crc32fast::hash(label.as_bytes()), index));
+            }
+        }
+        points.sort_unstable();
+        Ring { points }
+    }
+
+    /// The entry that owns `key`.
+    pub fn entry(&self, key: &[u8]) -> usize {
+        let hash = crc32fast::hash(key);
+        let at = self.points.partition_point(|&(point, _)| point < hash);
+        self.points.get(at).unwrap_or(&self.points[0]).1
+    }
+}
+
+impl Router for Ring {
+    fn route(&self, key: &[u8], _servers: &[String]) -> usize {
+        self.entry(key)
+    }
+}
+
+/// A storage whose keys live in memcached.
+pub struct MemcachedStorage {
+    options: MemcachedOptions,
+    ring: Arc<Ring>,
+    /// Made on first use: resolving addresses is async, and a name may not resolve yet.
+    client: OnceCell<AsyncMetaClient>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemcachedStorage {
+    pub fn new(options: &MemcachedOptions, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        Ok(MemcachedStorage {
+            ring: Arc::new(Ring::new(&options.addr)),
+            options: options.clone(),
+            client: OnceCell::new(),
+            clock,
+        })
+    }
+
+    async fn client(&self) -> Result<&AsyncMetaClient, StorageError> {
+        self.client
+            .get_or_try_init(|| async {
+                AsyncMetaClient::builder()
+                    .router(RingRouter(self.ring.clone()))
+                    .connect_timeout(Some(self.options.dial_timeout))
+                    .io_timeout(Some(self.options.io_timeout))
+                    .max_idle(self.options.max_idle)
+                    .connect_multiple_async(self.options.addr.iter().map(String::as_str))
+                    .await
+            })
+            .await
+            .map_err(|e| {
+                StorageError::Backend(format!("memcached {}: {e}", self.options.addr.join(",")))
+            })
+    }
+
+    /// An error for `key`, naming the server it lives on.
+    fn error(&self, key: &[u8], e: impl std::fmt::Display) -> StorageError {
+        let server = &self.options.addr[self.ring.entry(key)];
+        StorageError::Backend(format!("memcached {server}: {e}"))
+    }
+
+    /// The memcached expiration for a deadline that is still ahead: relative seconds when
+    /// it is within 30 days (immune to clock differences between hosts), else a Unix time.
+    /// Rounded up: memcached counts whole seconds, and a key must not go early.
+    fn expiration(&self, deadline: DeadlineMs, now: u64) -> Result<u32, StorageError> {
+        let remaining = (deadline - now).div_ceil(1000);
+        let seconds = if remaining <= MAX_RELATIVE_SECS {
+            remaining
+        } else {
+            deadline.div_ceil(1000)
+        };
+        u32::try_from(seconds)
+            .ok()
+            .filter(|&s| s <= i32::MAX as u32)
+            .ok_or_else(|| {
+                StorageError::Backend(
+                    "memcached keeps expiry times as 32-bit Unix seconds; \
+                     deadlines after 2038-01-19T03:14:07Z cannot be stored"
+                        .into(),
+                )
+            })
+    }
+
+    /// Reads `keys` (values only when `values`), one pipelined batch per server.
+    async fn get_many(
+        &self,
+        keys: &[String],
+        values: bool,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        check_keys(keys.iter().map(String::as_str))?;
+        let client = self.client().await?;
+        let operations = keys.iter().map(|k| {
+            let get = Get::new(k);
+            if values {
+                get
+            } else {
+                get.without_value()
+            }
+        });
+        let results = client
+            .run_many(operations)
+            .await
+            .map_err(|e| self.error(b"", e))?;
+        let mut out = Vec::new();
+        for (key, result) in keys.iter().zip(results) {
+            let result = result.map_err(|e| self.error(key.as_bytes(), e))?;
+            if result.status == GetStatus::Hit {
+                let value = result.value.map(Bytes::from).unwrap_or_default();
+                out.push((key.clone(), value));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_keys<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<(), StorageError> {
+        if keys.clone().next().is_none() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let results = client
+            .run_many(keys.clone().map(Delete::new))
+            .await
+            .map_err(|e| self.error(b"", e))?;
+        for (key, result) in keys.zip(results) {
+            result.map_err(|e| self.error(key.as_bytes(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Ring`] behind an `Arc`, so the storage can name the server of a failing key.
+struct RingRouter(Arc<Ring>);
+
+impl Router for RingRouter {
+    fn route(&self, key: &[u8], servers: &[String]) -> usize {
+        self.0.route(key, servers)
+    }
+}
+
+/// Fails before any network call if a key is one memcached cannot hold.
+fn check_keys<'a>(keys: impl Iterator<Item = &'a str>) -> Result<(), StorageError> {
+    for key in keys {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StorageError::Backend(format!(
+                "key {:?}… is {} bytes; memcached keys are at most {MAX_KEY_LEN} bytes",
+                key.chars().take(32).collect::<String>(),
+                key.len()
+            )));
+        }
+        if let Some(c) = key.bytes().find(|&b| b <= b' ' || b == 0x7f) {
+            return Err(StorageError::Backend(format!(
+                "key {key:?} contains {}; memcached keys cannot contain spaces or control characters",
+                if c == b' ' {
+                    "a space".to_string()
+                } else {
+                    format!("the control character 0x{c:02x}")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for MemcachedStorage {
+    fn driver(&self) -> &'static str {
+        "memcached"
+    }
+
+    async fn has(&self, keys: &[String]) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .get_many(keys, false)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    async fn mget(&self, keys: &[String]) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.get_many(keys, true).await
+    }
+
+    async fn set(&self, items: Vec<SetItem>) -> Result<(), StorageError> {
+        check_keys(items.iter().map(|i| i.key.as_str()))?;
+        let now = self.clock.now_ms();
+        // A later item with the same key wins, as in one transaction: only the last one of
+        // each key is sent, so the per-server batches cannot reorder them.
+        let mut last: std::collections::HashMap<&str, usize> = Default::default();
+        for (index, item) in items.iter().enumerate() {
+            last.insert(item.key.as_str(), index);
+        }
+        let mut sets = Vec::new();
+        let mut expired = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            if last[item.key.as_str()] != index {
+                continue;
+            }
+            match item.deadline {
+                Some(deadline) if deadline <= now => expired.push(item.key.as_str()),
+                Some(deadline) => sets.push(
+                    Set::new(&item.key, &item.value).ttl_raw(self.expiration(deadline, now)?),
+                ),
+                None => sets.push(Set::new(&item.key, &item.value)),
+            }
+        }
+        if !sets.is_empty() {
+            let client = self.client().await?;
+            let keys: Vec<Vec<u8>> = sets.iter().map(|s| s.key.clone()).collect();
+            let results = client
+                .run_many(sets)
+                .await
+                .map_err(|e| self.error(b"", e))?;
+            for (key, result) in keys.iter().zip(results) {
+                let result = result.map_err(|e| self.error(key, e))?;
+                if result.status != MutationStatus::Applied {
+                    return Err(self.error(key, format!("set not stored ({:?})", result.status)));
+                }
+            }
+        }
+        self.delete_keys(expired.iter().copied()).await
+    }
+
+    async fn mexpire(&self, items: Vec<(String, DeadlineMs)>) -> Result<(), StorageError> {
+        check_keys(items.iter().map(|(k, _)| k.as_str()))?;
+        let now = self.clock.now_ms();
+        let mut touches = Vec::new();
+        let mut expired = Vec::new();
+        for (key, deadline) in &items {
+            if *deadline <= now {
+                expired.push(key.as_str());
+            } else {
+                touches.push((
+                    key,
+                    Get::new(key)
+                        .without_value()
+                        .touch_raw(self.expiration(*deadline, now)?),
+                ));
+            }
+        }
+        if !touches.is_empty() {
+            let client = self.client().await?;
+            let keys: Vec<&String> = touches.iter().map(|(k, _)| *k).collect();
+            let results = client
+                .run_many(touches.into_iter().map(|(_, t)| t))
+                .await
+                .map_err(|e| self.error(b"", e))?;
+            for (key, result) in keys.into_iter().zip(results) {
+                // A miss is fine: MExpire leaves missing keys missing.
+                result.map_err(|e| self.error(key.as_bytes(), e))?;
+            }
+        }
+        self.delete_keys(expired.iter().copied()).await
+    }
+
+    async fn ttl(
+        &self,
+        _keys: &[String],
+    ) -> Result<Vec<(String, Option<DeadlineMs>)>, StorageError> {
+        Err(StorageError::Unsupported(TTL_UNSUPPORTED.into()))
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        check_keys(keys.iter().map(String::as_str))?;
+        self.delete_keys(keys.iter().map(String::as_str)).await
+    }
+
+    async fn clear(&self) -> Result<(), StorageError> {
+        let mut servers = self.options.addr.clone();
+        servers.sort();
+        servers.dedup();
+        let dial = self.options.dial_timeout;
+        let io = self.options.io_timeout;
+        // flush_all is not a meta command; the crate's classic client sends it.
+        let flushes = servers.into_iter().map(|server| {
+            tokio::task::spawn_blocking(move || {
+                let url = format!("memcache://{server}?protocol=ascii");
+                memcache::Client::builder()
+                    .add_server(url.as_str())
+                    .and_then(|b| {
+                        b.with_connection_timeout(dial)
+                            .with_read_timeout(io)
+                            .with_write_timeout(io)
+                            .with_max_pool_size(1)
+                            .build()
+                    })
+                    .and_then(|client| client.flush())
+                    .map_err(|e| {
+                        StorageError::Backend(format!("memcached {server}: flush_all: {e}"))
+                    })
+            })
+        });
+        for flushed in futures_util::future::join_all(flushes).await {
+            flushed.map_err(|e| StorageError::Backend(format!("memcached flush_all: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_stable_balanced_and_weighted() {
+        let two = Ring::new(&["a:1".to_string(), "b:1".to_string()]);
+        let keys: Vec<String> = (0..20_000).map(|i| format!("key-{i}")).collect();
+        let on_a = keys.iter().filter(|k| two.entry(k.as_bytes()) == 0).count();
+        assert!((8_000..12_000).contains(&on_a), "a got {on_a} of 20000");
+
+        // b listed twice: about two thirds of the keys go to one of its entries.
+        let weighted = Ring::new(&["a:1".to_string(), "b:1".to_string(), "b:1".to_string()]);
+        let on_a = keys
+            .iter()
+            .filter(|k| weighted.entry(k.as_bytes()) == 0)
+            .count();
+        assert!((5_000..8_300).contains(&on_a), "a got {on_a} of 20000");
+
+        // Adding a server moves only keys onto the new one.
+        let three = Ring::new(&["a:1".to_string(), "b:1".to_string(), "c:1".to_string()]);
+        for key in &keys {
+            let after = three.entry(key.as_bytes());
+            if after != 2 {
+                assert_eq!(
+                    after,
+                    two.entry(key.as_bytes()),
+                    "{key} moved between old servers"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keys_memcached_cannot_hold_are_refused() {
+        assert!(check_keys(["ok:key-1"].into_iter()).is_ok());
+        let long = "k".repeat(251);
+        let e = check_keys([long.as_str()].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("250 bytes"), "{e}");
+        let e = check_keys(["a b"].into_iter()).unwrap_err().to_string();
+        assert!(e.contains("space"), "{e}");
+        let e = check_keys(["a\nb"].into_iter()).unwrap_err().to_string();
+        assert!(e.contains("0x0a"), "{e}");
+    }
+
+    #[test]
+    fn options_are_read() {
+        let o = parse_options(
+            &serde_norway::from_str("addr: ['m1:11211', 'm1:11211', 'm2:11211']").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(o.addr.len(), 3);
+        let e = parse_options(&serde_norway::from_str("addr: 11211").unwrap()).unwrap_err();
+        assert_eq!(e.0, "addr");
+    }
+}
