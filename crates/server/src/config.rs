@@ -218,7 +218,7 @@ impl Config {
             ));
         }
         Ok(Config {
-            source: None,
+            source: Some(PathBuf::from(file)),
             listen,
             storages,
         })

@@ -2,6 +2,25 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
+
+/// Repeats a fallible call for up to 15 s until it succeeds, and gives its value.
+#[macro_export]
+macro_rules! eventually {
+    ($what:expr, $call:expr) => {{
+        let start = std::time::Instant::now();
+        loop {
+            match $call.await {
+                Ok(value) => break value,
+                Err(_) if start.elapsed() < std::time::Duration::from_secs(15) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{} still failing after 15 s: {e}", $what),
+            }
+        }
+    }};
+}
+
 use std::sync::Arc;
 
 use rrkv::config::Config;

@@ -1,0 +1,387 @@
+//! The `redis` driver against real redis-server processes: a single node, a 3-master cluster,
+//! prefixes, and a backend that dies, hangs and comes back.
+
+mod common;
+
+use bytes::BytesMut;
+use common::backends::{redis_cli, redis_server, Backend, RedisCluster};
+use common::*;
+use rrkv::drivers::BuildContext;
+use rrkv::server::ServeOptions;
+use rrkv_client::{Item, Request};
+use rrkv_protocol::frame::{self, flags};
+
+const S: &str = "redis-rr";
+
+async fn start(yaml: &str) -> TestServer {
+    TestServer::start_at(
+        yaml,
+        "tcp://127.0.0.1:0",
+        BuildContext::default(),
+        ServeOptions::default(),
+    )
+    .await
+}
+
+fn single(redis: &Backend, extra: &str) -> String {
+    format!(
+        "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"{}\"]\n{extra}  memory:\n    driver: memory\n",
+        redis.address()
+    )
+}
+
+/// Milliseconds since the epoch of an RFC 3339 instant.
+fn ms_of(rfc3339: &str) -> i64 {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond()
+}
+
+#[tokio::test]
+async fn upstream_redis_cases_with_millisecond_deadlines() {
+    let redis = redis_server();
+    let server = start(&single(&redis, "")).await;
+    let mut kv = server.client().await;
+
+    // TestSetAndHas, TestMGetReturnsStoredValues
+    kv.set(S, vec![item("a", "1", ""), item("b", "2", "")])
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(kv.has(S, &["a", "b", "missing"]).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        kv.mget(S, &["a", "missing", "b"]).await.unwrap(),
+        [("a".to_string(), "1".into()), ("b".to_string(), "2".into())]
+    );
+    // Binary and empty values round-trip; an empty value comes back as a key-only item.
+    let binary = Item {
+        key: "bin".into(),
+        value: bytes::Bytes::from_static(b"\0\xff\r\n"),
+        timeout: String::new(),
+    };
+    kv.set(S, vec![binary.clone(), item("empty", "", "")])
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.mget(S, &["bin", "empty"]).await.unwrap(),
+        [
+            ("bin".to_string(), binary.value.clone()),
+            ("empty".to_string(), bytes::Bytes::new())
+        ]
+    );
+    // TestDeleteRemovesOnlyTheNamedKey
+    kv.delete(S, &["a", "never-existed"]).await.unwrap();
+    assert_eq!(kv.has(S, &["a", "b"]).await.unwrap(), ["b"]);
+
+    // TestTTLReportsRemainingLifetime: the deadline is stored to the millisecond and read
+    // back (PEXPIRETIME) as whole seconds rounded up; a key without one has an empty timeout.
+    let deadline = in_ms(60_000);
+    kv.set(S, vec![item("ttl", "x", &deadline)]).await.unwrap();
+    let stored: i64 = redis_cli(redis.port, &["pexpiretime", "ttl"])
+        .trim()
+        .parse()
+        .unwrap();
+    let wanted = ms_of(&deadline);
+    assert!(
+        stored == wanted || stored == wanted + 1,
+        "PEXPIRETIME {stored}, deadline {wanted} ({deadline})"
+    );
+    let ttl = kv.ttl(S, &["ttl", "b", "missing"]).await.unwrap();
+    assert_eq!(ttl.len(), 2, "{ttl:?}");
+    let reported = ttl.iter().find(|(k, _)| k == "ttl").unwrap().1.clone();
+    assert!(reported.ends_with('Z') && !reported.contains('.'), "{reported}");
+    let reported = ms_of(&reported);
+    assert!(
+        reported >= wanted && reported - wanted < 1000,
+        "{reported} vs {wanted}"
+    );
+    assert_eq!(
+        ttl.iter().find(|(k, _)| k == "b").unwrap().1,
+        "",
+        "no deadline"
+    );
+
+    // TestKeyExpiresAfterTTL, with a deadline under a second away.
+    let soon = in_ms(400);
+    kv.set(S, vec![item("soon", "x", &soon), item("stays", "y", "")])
+        .await
+        .unwrap();
+    assert_eq!(kv.has(S, &["soon"]).await.unwrap(), ["soon"]);
+    sleep_past(&soon).await;
+    assert_eq!(kv.has(S, &["soon", "stays"]).await.unwrap(), ["stays"]);
+
+    // A deadline at or before now deletes, as in the memory storage.
+    kv.set(S, vec![item("gone", "x", "")]).await.unwrap();
+    kv.set(S, vec![item("gone", "y", &in_ms(-1_000))])
+        .await
+        .unwrap();
+    assert!(kv.has(S, &["gone"]).await.unwrap().is_empty());
+
+    // TestMExpireAppliesTTLToExistingKeys: the value is kept; a missing key stays missing.
+    kv.set(S, vec![item("m", "kept", "")]).await.unwrap();
+    let expiry = in_ms(600);
+    kv.mexpire(S, &[("m", &expiry), ("nosuch", &expiry)])
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.mget(S, &["m", "nosuch"]).await.unwrap(),
+        [("m".to_string(), "kept".into())]
+    );
+    assert!(!kv.ttl(S, &["m"]).await.unwrap()[0].1.is_empty());
+    sleep_past(&expiry).await;
+    assert!(kv.has(S, &["m"]).await.unwrap().is_empty());
+
+    // TestClearEmptiesTheStorage, and leaves other storages alone.
+    kv.set("memory", vec![item("b", "m", "")]).await.unwrap();
+    kv.clear(S).await.unwrap();
+    assert!(kv.has(S, &["b", "bin", "stays"]).await.unwrap().is_empty());
+    assert_eq!(kv.has("memory", &["b"]).await.unwrap(), ["b"]);
+
+    // TestUnknownStorageIsRejected
+    let e = server_error(kv.has("redis-nope", &["a"]).await);
+    assert!(e.contains("no such storage: redis-nope"), "{e}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn config_from_the_global_section_and_missing_config() {
+    let redis = redis_server();
+    // TestGlobalSectionSuppliesAddrs
+    let yaml = format!(
+        "kv:\n  {S}:\n    driver: redis\n{S}:\n  addrs: [\"{}\"]\n",
+        redis.address()
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    kv.set(S, vec![item("g", "1", "")]).await.unwrap();
+    assert_eq!(redis_cli(redis.port, &["get", "g"]).trim(), "1");
+    server.stop().await;
+
+    // TestMissingConfigFailsToServe
+    let e = start_error(
+        &format!("kv:\n  {S}:\n    driver: redis\n"),
+        "tcp://127.0.0.1:0",
+    )
+    .await;
+    assert!(
+        e.contains("test.yaml") && e.contains("kv.redis-rr.config") && e.contains("addrs"),
+        "{e}"
+    );
+    // A bad option names its key.
+    let e = start_error(
+        &format!("kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"127.0.0.1:6379\"]\n      dial_timeout: soon\n"),
+        "tcp://127.0.0.1:0",
+    )
+    .await;
+    assert!(e.contains("kv.redis-rr.config.dial_timeout"), "{e}");
+}
+
+#[tokio::test]
+async fn prefixes_isolate_storages_and_prefixed_clear_removes_only_its_keys() {
+    let redis = redis_server();
+    let addr = redis.address();
+    let yaml = format!(
+        "kv:\n  a:\n    driver: redis\n    config: {{ addrs: [\"{addr}\"], prefix: \"a:\" }}\n  \
+         b:\n    driver: redis\n    config: {{ addrs: [\"{addr}\"], prefix: \"b:\" }}\n  \
+         glob:\n    driver: redis\n    config: {{ addrs: [\"{addr}\"], prefix: \"g*[\" }}\n  \
+         whole:\n    driver: redis\n    config: {{ addrs: [\"{addr}\"] }}\n"
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+
+    kv.set("a", vec![item("k", "from a", "")]).await.unwrap();
+    kv.set("b", vec![item("k", "from b", "")]).await.unwrap();
+    assert_eq!(
+        kv.mget("a", &["k"]).await.unwrap(),
+        [("k".to_string(), "from a".into())]
+    );
+    assert_eq!(
+        kv.mget("b", &["k"]).await.unwrap(),
+        [("k".to_string(), "from b".into())]
+    );
+    assert_eq!(redis_cli(redis.port, &["get", "a:k"]).trim(), "from a");
+
+    // More keys than one SCAN batch, plus keys a glob would wrongly match.
+    let many: Vec<Item> = (0..2_500)
+        .map(|i| item(&format!("key-{i}"), "v", ""))
+        .collect();
+    kv.set("a", many).await.unwrap();
+    kv.set("glob", vec![item("x", "1", "")]).await.unwrap();
+    redis_cli(redis.port, &["set", "foreign", "1"]);
+    redis_cli(redis.port, &["set", "gX", "1"]);
+    redis_cli(redis.port, &["set", "a", "no colon"]);
+
+    kv.clear("a").await.unwrap();
+    assert_eq!(
+        redis_cli(redis.port, &["dbsize"]).trim(),
+        "5",
+        "b:k, g*[x, foreign, gX and a remain"
+    );
+    assert_eq!(kv.has("b", &["k"]).await.unwrap(), ["k"]);
+    kv.clear("glob").await.unwrap();
+    assert_eq!(redis_cli(redis.port, &["exists", "gX"]).trim(), "1");
+    assert!(kv.has("glob", &["x"]).await.unwrap().is_empty());
+
+    // Without a prefix, Clear is FLUSHDB: it empties the database, as upstream does.
+    kv.clear("whole").await.unwrap();
+    assert_eq!(redis_cli(redis.port, &["dbsize"]).trim(), "0");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_spreads_keys_and_answers_multi_slot_requests() {
+    let cluster = RedisCluster::start();
+    let addrs = cluster
+        .addresses()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        "kv:\n  cl:\n    driver: redis\n    config: {{ addrs: [{addrs}] }}\n  \
+         clp:\n    driver: redis\n    config: {{ addrs: [{addrs}], prefix: \"p:\" }}\n"
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+
+    let keys: Vec<String> = (0..300).map(|i| format!("user:{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    kv.set(
+        "cl",
+        keys.iter()
+            .map(|k| item(k, &format!("value of {k}"), ""))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    for node in &cluster.nodes {
+        let size: u64 = redis_cli(node.port, &["dbsize"]).trim().parse().unwrap();
+        assert!(size > 0, "node {} holds no keys", node.port);
+    }
+    // One MGet over keys on many slots and all three nodes, in request order.
+    let mut asked = key_refs.clone();
+    asked.insert(150, "missing");
+    let got = kv.mget("cl", &asked).await.unwrap();
+    assert_eq!(got.len(), 300);
+    for ((key, value), expected) in got.iter().zip(&keys) {
+        assert_eq!(key, expected);
+        assert_eq!(value, &format!("value of {expected}"));
+    }
+    assert_eq!(kv.has("cl", &asked).await.unwrap().len(), 300);
+
+    // Deadlines across slots: MExpire, TTL, and expiry.
+    let deadline = in_ms(700);
+    let pairs: Vec<(&str, &str)> = key_refs[..100]
+        .iter()
+        .map(|k| (*k, deadline.as_str()))
+        .collect();
+    kv.mexpire("cl", &pairs).await.unwrap();
+    let ttl = kv.ttl("cl", &key_refs[..110]).await.unwrap();
+    assert_eq!(ttl.len(), 110);
+    assert_eq!(ttl.iter().filter(|(_, t)| t.is_empty()).count(), 10);
+    sleep_past(&deadline).await;
+    assert_eq!(kv.has("cl", &key_refs).await.unwrap().len(), 200);
+
+    // Delete across slots.
+    kv.delete("cl", &key_refs[100..200]).await.unwrap();
+    assert_eq!(kv.has("cl", &key_refs).await.unwrap().len(), 100);
+
+    // A prefixed Clear scans every primary and removes only its own keys.
+    kv.set(
+        "clp",
+        (0..200).map(|i| item(&format!("s{i}"), "v", "")).collect(),
+    )
+    .await
+    .unwrap();
+    kv.clear("clp").await.unwrap();
+    assert!(kv
+        .has("clp", &["s0", "s1", "s199"])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(kv.has("cl", &key_refs).await.unwrap().len(), 100);
+
+    // Without a prefix, Clear flushes every primary.
+    kv.clear("cl").await.unwrap();
+    for node in &cluster.nodes {
+        assert_eq!(redis_cli(node.port, &["dbsize"]).trim(), "0");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn backend_down_at_start_killed_and_restarted() {
+    // Redis is not running when rrkv starts: rrkv starts anyway.
+    let port = common::backends::free_port(false);
+    let yaml = format!(
+        "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"127.0.0.1:{port}\"]\n      dial_timeout: 1s\n  memory:\n    driver: memory\n"
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    let e = server_error(kv.set(S, vec![item("k", "v", "")]).await);
+    assert!(
+        e.contains(&format!("redis storage \"{S}\"")) && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
+    kv.set("memory", vec![item("k", "v", "")]).await.unwrap();
+
+    // It comes up: calls succeed without a restart of rrkv.
+    let mut redis = common::backends::redis_server_at(port);
+    eventually!("set after redis started", kv.set(S, vec![item("k", "before kill", "")]));
+
+    // Killed mid-test: calls fail with a clear error, other storages keep working.
+    redis.kill();
+    let e = server_error(kv.mget(S, &["k"]).await);
+    assert!(e.contains("rpc_mget") && e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert_eq!(kv.has("memory", &["k"]).await.unwrap(), ["k"]);
+
+    // Restarted (empty: no persistence): calls succeed again.
+    redis.start();
+    eventually!("set after redis restarted", kv.set(S, vec![item("k", "after restart", "")]));
+    assert_eq!(
+        kv.mget(S, &["k"]).await.unwrap(),
+        [("k".to_string(), "after restart".into())]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_backend_stalls_neither_other_storages_nor_other_calls_on_the_connection() {
+    let redis = redis_server();
+    let yaml = single(&redis, "      read_timeout: 3s\n");
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    kv.set(S, vec![item("k", "v", "")]).await.unwrap();
+
+    redis.signal("STOP");
+    // On one connection: a call to the hung Redis, then one to the memory storage.
+    let mut bytes = BytesMut::new();
+    let ask = |storage: &str| Request {
+        storage: storage.into(),
+        items: vec![Item::key("k")],
+    };
+    let first = kv.next_seq();
+    frame::put_message(&mut bytes, flags::CODEC_PROTO, first, b"kv.MGet", &ask(S));
+    frame::put_message(
+        &mut bytes,
+        flags::CODEC_PROTO,
+        first + 1,
+        b"kv.Has",
+        &ask("memory"),
+    );
+    kv.send_raw(&bytes).await.unwrap();
+    let reply = kv.read_frame().await.unwrap();
+    assert_eq!(reply.seq, first + 1, "the memory call is answered first");
+    let reply = kv.read_frame().await.unwrap();
+    assert_eq!(reply.seq, first);
+    let text = String::from_utf8_lossy(&reply.body()).into_owned();
+    assert!(text.contains("rpc_mget") && text.contains(&redis.address()), "{text}");
+
+    redis.signal("CONT");
+    let mut kv = server.client().await;
+    eventually!("mget after redis woke", kv.mget(S, &["k"]));
+    server.stop().await;
+}
