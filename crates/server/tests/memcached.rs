@@ -1,0 +1,169 @@
+//! The `memcached` driver against two real memcached processes.
+
+mod common;
+
+use common::backends::{free_port, memcached, memcached_at, memcached_items, Backend};
+use common::*;
+use rrkv::drivers::BuildContext;
+use rrkv::server::ServeOptions;
+
+const S: &str = "memcached-rr";
+
+async fn start(yaml: &str) -> TestServer {
+    TestServer::start_at(
+        yaml,
+        "tcp://127.0.0.1:0",
+        BuildContext::default(),
+        ServeOptions::default(),
+    )
+    .await
+}
+
+fn yaml(servers: &[&Backend]) -> String {
+    let addr = servers
+        .iter()
+        .map(|b| format!("\"{}\"", b.address()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "kv:\n  {S}:\n    driver: memcached\n    config:\n      addr: [{addr}]\n  memory:\n    driver: memory\n"
+    )
+}
+
+#[tokio::test]
+async fn upstream_memcached_scenario() {
+    let (m1, m2) = (memcached(), memcached());
+    let server = start(&yaml(&[&m1, &m2])).await;
+    let mut kv = server.client().await;
+
+    kv.set(S, vec![item("a", "aa", ""), item("b", "bb", "")])
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(kv.has(S, &["a", "b", "c"]).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        kv.mget(S, &["a", "c", "b"]).await.unwrap(),
+        [("a".to_string(), "aa".into()), ("b".to_string(), "bb".into())]
+    );
+    kv.set(S, vec![item("empty", "", "")]).await.unwrap();
+    assert_eq!(
+        kv.mget(S, &["empty"]).await.unwrap(),
+        [("empty".to_string(), bytes::Bytes::new())]
+    );
+
+    // kv.TTL fails with the text the PHP client maps to NotImplementedException.
+    let e = server_error(kv.ttl(S, &["a"]).await);
+    assert!(
+        e.contains("rpc_ttl") && e.contains("memcached_plugin_ttl"),
+        "{e}"
+    );
+
+    // Expiry: memcached counts whole seconds, so a key lives until its deadline rounded up.
+    let deadline = in_ms(1_200);
+    kv.set(S, vec![item("soon", "x", &deadline)]).await.unwrap();
+    assert_eq!(kv.has(S, &["soon"]).await.unwrap(), ["soon"]);
+    sleep_past(&in_ms(2_100)).await;
+    assert!(kv.has(S, &["soon"]).await.unwrap().is_empty());
+
+    // A deadline at or before now deletes.
+    kv.set(S, vec![item("gone", "y", &in_ms(-1))]).await.unwrap();
+    assert!(kv.has(S, &["gone"]).await.unwrap().is_empty());
+
+    // MExpire is touch: the value stays, a missing key is no error and stays missing.
+    kv.set(S, vec![item("m", "kept", "")]).await.unwrap();
+    let expiry = in_ms(1_000);
+    kv.mexpire(S, &[("m", &expiry), ("nosuch", &expiry)])
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.mget(S, &["m", "nosuch"]).await.unwrap(),
+        [("m".to_string(), "kept".into())]
+    );
+    sleep_past(&in_ms(2_000)).await;
+    assert!(kv.has(S, &["m"]).await.unwrap().is_empty());
+
+    // Delete ignores misses.
+    kv.delete(S, &["a", "never-existed"]).await.unwrap();
+    assert_eq!(kv.has(S, &["a", "b"]).await.unwrap(), ["b"]);
+
+    // Clear: flush_all on every server; other storages keep their keys.
+    kv.set("memory", vec![item("b", "m", "")]).await.unwrap();
+    kv.clear(S).await.unwrap();
+    assert!(kv.has(S, &["b", "empty"]).await.unwrap().is_empty());
+    assert_eq!(kv.has("memory", &["b"]).await.unwrap(), ["b"]);
+
+    let e = server_error(kv.has("memcached-nope", &["a"]).await);
+    assert!(e.contains("no such storage: memcached-nope"), "{e}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_spread_by_weight_and_bad_keys_fail_before_the_network() {
+    let (m1, m2) = (memcached(), memcached());
+    // m1 listed twice: about two thirds of the keys.
+    let server = start(&yaml(&[&m1, &m1, &m2])).await;
+    let mut kv = server.client().await;
+    let keys: Vec<String> = (0..3_000).map(|i| format!("session:{i}")).collect();
+    kv.set(S, keys.iter().map(|k| item(k, "v", "")).collect())
+        .await
+        .unwrap();
+    let (on1, on2) = (memcached_items(m1.port), memcached_items(m2.port));
+    assert_eq!(on1 + on2, 3_000);
+    assert!((1_700..2_500).contains(&on1), "m1 {on1}, m2 {on2}");
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_eq!(kv.mget(S, &refs).await.unwrap().len(), 3_000);
+    server.stop().await;
+
+    // Keys memcached cannot hold are refused before any call: this server is not running.
+    let port = free_port(false);
+    let server = start(&format!(
+        "kv:\n  {S}:\n    driver: memcached\n    config:\n      addr: [\"127.0.0.1:{port}\"]\n"
+    ))
+    .await;
+    let mut kv = server.client().await;
+    let long = "k".repeat(251);
+    for (bad, says) in [
+        ("has space", "space"),
+        ("tab\tkey", "0x09"),
+        (long.as_str(), "250 bytes"),
+    ] {
+        let e = server_error(kv.set(S, vec![item(bad, "v", "")]).await);
+        assert!(e.contains(says) && !e.contains("refused"), "{e}");
+        let e = server_error(kv.mget(S, &[bad]).await);
+        assert!(e.contains(says), "{e}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn backend_down_at_start_killed_and_restarted() {
+    let port = free_port(false);
+    let server = start(&format!(
+        "kv:\n  {S}:\n    driver: memcached\n    config:\n      addr: [\"127.0.0.1:{port}\"]\n  memory:\n    driver: memory\n"
+    ))
+    .await;
+    let mut kv = server.client().await;
+    let e = server_error(kv.set(S, vec![item("k", "v", "")]).await);
+    assert!(
+        e.contains(&format!("memcached storage \"{S}\"")) && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
+
+    let mut m = memcached_at(port);
+    eventually!("set after memcached started", kv.set(S, vec![item("k", "v1", "")]));
+
+    m.kill();
+    let e = server_error(kv.mget(S, &["k"]).await);
+    assert!(e.contains("rpc_mget") && e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    kv.set("memory", vec![item("k", "v", "")]).await.unwrap();
+
+    m.start();
+    eventually!("set after memcached restarted", kv.set(S, vec![item("k", "v2", "")]));
+    assert_eq!(
+        kv.mget(S, &["k"]).await.unwrap(),
+        [("k".to_string(), "v2".into())]
+    );
+    server.stop().await;
+}
