@@ -181,7 +181,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<PathBuf> {
                     .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
             })
             .unwrap_or_default(),
-        Target::Rrkv(_) => String::new(),
+        Target::Rrkv(_) | Target::Memcached(_) => String::new(),
     };
     let report = markdown(
         &opts,

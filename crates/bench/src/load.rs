@@ -31,11 +31,21 @@ pub enum Target {
     Rrkv(RrkvTarget),
     /// A Redis server, `redis://host:port`.
     Redis(String),
+    /// A memcached server, `memcached://host:port` (meta protocol).
+    Memcached(String),
 }
 
 impl FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(hostport) = s.strip_prefix("memcached://") {
+            return match hostport.trim_end_matches('/') {
+                hp if hp.contains(':') => Ok(Target::Memcached(hp.to_string())),
+                _ => Err(format!(
+                    "invalid target {s:?}: expected memcached://host:port"
+                )),
+            };
+        }
         match s.strip_prefix("redis://") {
             Some(hostport) if hostport.contains(':') => {
                 Ok(Target::Redis(hostport.trim_end_matches('/').to_string()))
@@ -54,6 +64,7 @@ impl std::fmt::Display for Target {
                 Address::Unix(p) => write!(f, "rrkv+unix://{}#{}", p.display(), t.storage),
             },
             Target::Redis(hp) => write!(f, "redis://{hp}"),
+            Target::Memcached(hp) => write!(f, "memcached://{hp}"),
         }
     }
 }
@@ -352,6 +363,78 @@ impl Wire for RedisWire {
     }
 }
 
+/// memcached's meta protocol, commands built by the `memcache` crate: one `ms`/`mg` per key,
+/// replies in request order, so a batch counts as one request of several replies.
+#[derive(Default)]
+struct MemcachedWire {
+    /// (id, replies still expected, all ok so far), oldest first.
+    pending: VecDeque<(u32, usize, bool)>,
+}
+
+impl Wire for MemcachedWire {
+    fn encode(&mut self, id: u32, request: &Planned, value: &[u8], buf: &mut BytesMut) {
+        use memcache::exp::{build_get, build_set, GetOptions, SetOptions};
+        let ttl = request
+            .ttl
+            .map(|t| u32::try_from(t.as_millis().div_ceil(1000)).unwrap_or(u32::MAX));
+        let mut bytes = Vec::new();
+        for &k in &request.keys {
+            let command = match request.kind {
+                Kind::Write => {
+                    let mut options = SetOptions::default();
+                    options.ttl = ttl;
+                    build_set(key_name(k), value, &options)
+                }
+                Kind::Read | Kind::Has => {
+                    let mut options = GetOptions::default();
+                    options.value = request.kind == Kind::Read;
+                    build_get(key_name(k), &options)
+                }
+            };
+            command
+                .and_then(|c| c.encode_into(&mut bytes))
+                .expect("a valid meta command");
+        }
+        buf.extend_from_slice(&bytes);
+        self.pending.push_back((id, request.keys.len(), true));
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut) -> anyhow::Result<Option<(u32, bool)>> {
+        use memcache::exp::{MetaResponse, ReturnCode};
+        loop {
+            let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            let header = MetaResponse::parse_header(&buf[..end]);
+            // A VA header announces a data block: wait until all of it is here.
+            let mut len = end + 2;
+            if let Ok(response) = &header {
+                if response.rc() == ReturnCode::Va {
+                    let size: usize = std::str::from_utf8(&buf[3..end])
+                        .ok()
+                        .and_then(|t| t.split(' ').next()?.parse().ok())
+                        .context("a VA reply without a length")?;
+                    len += size + 2;
+                    if buf.len() < len {
+                        return Ok(None);
+                    }
+                }
+            }
+            buf.advance(len);
+            let front = self
+                .pending
+                .front_mut()
+                .context("a memcached reply nobody asked for")?;
+            front.1 -= 1;
+            front.2 &= header.is_ok();
+            if front.1 == 0 {
+                let (id, _, ok) = self.pending.pop_front().expect("front exists");
+                return Ok(Some((id, ok)));
+            }
+        }
+    }
+}
+
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
@@ -409,6 +492,13 @@ async fn connect(
                 .with_context(|| format!("connect to {hp}"))?;
             s.set_nodelay(true)?;
             (Box::pin(s), Box::new(RedisWire::default()))
+        }
+        Target::Memcached(hp) => {
+            let s = tokio::net::TcpStream::connect(hp)
+                .await
+                .with_context(|| format!("connect to {hp}"))?;
+            s.set_nodelay(true)?;
+            (Box::pin(s), Box::new(MemcachedWire::default()))
         }
     })
 }
@@ -770,6 +860,31 @@ mod tests {
             "rrkv://127.0.0.1:6001/default".parse(),
             Ok(Target::Rrkv(_))
         ));
+    }
+
+    #[test]
+    fn memcached_wire_waits_for_whole_values() {
+        assert_eq!(
+            "memcached://127.0.0.1:11211".parse(),
+            Ok(Target::Memcached("127.0.0.1:11211".into()))
+        );
+        let mut wire = MemcachedWire::default();
+        let mut buf = BytesMut::new();
+        let planned = Planned {
+            kind: Kind::Read,
+            keys: vec![1, 2],
+            ttl: None,
+        };
+        wire.encode(3, &planned, b"", &mut buf);
+        assert!(buf.starts_with(b"mg "), "{buf:?}");
+        let mut replies = BytesMut::from(&b"VA 5\r\nhel"[..]);
+        assert_eq!(wire.decode(&mut replies).unwrap(), None, "value incomplete");
+        replies.extend_from_slice(b"lo\r\nEN\r\n");
+        assert_eq!(wire.decode(&mut replies).unwrap(), Some((3, true)));
+        assert!(replies.is_empty());
+        wire.encode(4, &planned, b"", &mut buf);
+        replies.extend_from_slice(b"HD\r\nCLIENT_ERROR bad data chunk\r\n");
+        assert_eq!(wire.decode(&mut replies).unwrap(), Some((4, false)));
     }
 
     #[test]

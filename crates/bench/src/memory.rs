@@ -94,6 +94,9 @@ impl Server {
                 info_field(&info, "process_id").context("INFO server has no process_id")? as u32
             }
             (None, Target::Rrkv(_)) => anyhow::bail!("--pid is required for an rrkv target"),
+            (_, Target::Memcached(_)) => {
+                anyhow::bail!("memory scenarios run against rrkv or Redis targets, not memcached")
+            }
         };
         rss_bytes(pid).with_context(|| {
             format!("read the RSS of pid {pid}: the server must run on this machine")
@@ -110,7 +113,7 @@ impl Server {
                 &redis_command(hp, &["INFO", "memory"]).await?,
                 "used_memory",
             ),
-            Target::Rrkv(_) => None,
+            Target::Rrkv(_) | Target::Memcached(_) => None,
         };
         Ok(Sample {
             t: start.elapsed().as_secs_f64(),
@@ -125,6 +128,7 @@ impl Server {
             Target::Redis(hp) => {
                 redis_command(hp, &["FLUSHALL"]).await?;
             }
+            Target::Memcached(_) => unreachable!("refused in Server::new"),
         }
         Ok(())
     }

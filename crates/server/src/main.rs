@@ -172,7 +172,7 @@ struct CompareArgs {
 
 #[derive(clap::Args, Debug)]
 struct LoadArgs {
-    /// rrkv://host:port/storage, rrkv+unix:///path.sock#storage, or redis://host:port.
+    /// rrkv://host:port/storage, rrkv+unix:///path.sock#storage, redis://host:port, or memcached://host:port.
     #[arg(long, default_value = "rrkv://127.0.0.1:6001/default")]
     target: rrkv_bench::load::Target,
 

@@ -45,7 +45,10 @@ async fn upstream_memcached_scenario() {
     );
     assert_eq!(
         kv.mget(S, &["a", "c", "b"]).await.unwrap(),
-        [("a".to_string(), "aa".into()), ("b".to_string(), "bb".into())]
+        [
+            ("a".to_string(), "aa".into()),
+            ("b".to_string(), "bb".into())
+        ]
     );
     kv.set(S, vec![item("empty", "", "")]).await.unwrap();
     assert_eq!(
@@ -68,7 +71,9 @@ async fn upstream_memcached_scenario() {
     assert!(kv.has(S, &["soon"]).await.unwrap().is_empty());
 
     // A deadline at or before now deletes.
-    kv.set(S, vec![item("gone", "y", &in_ms(-1))]).await.unwrap();
+    kv.set(S, vec![item("gone", "y", &in_ms(-1))])
+        .await
+        .unwrap();
     assert!(kv.has(S, &["gone"]).await.unwrap().is_empty());
 
     // MExpire is touch: the value stays, a missing key is no error and stays missing.
@@ -147,20 +152,30 @@ async fn backend_down_at_start_killed_and_restarted() {
     let mut kv = server.client().await;
     let e = server_error(kv.set(S, vec![item("k", "v", "")]).await);
     assert!(
-        e.contains(&format!("memcached storage \"{S}\"")) && e.contains(&format!("127.0.0.1:{port}")),
+        e.contains(&format!("memcached storage \"{S}\""))
+            && e.contains(&format!("127.0.0.1:{port}")),
         "{e}"
     );
 
     let mut m = memcached_at(port);
-    eventually!("set after memcached started", kv.set(S, vec![item("k", "v1", "")]));
+    eventually!(
+        "set after memcached started",
+        kv.set(S, vec![item("k", "v1", "")])
+    );
 
     m.kill();
     let e = server_error(kv.mget(S, &["k"]).await);
-    assert!(e.contains("rpc_mget") && e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(
+        e.contains("rpc_mget") && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
     kv.set("memory", vec![item("k", "v", "")]).await.unwrap();
 
     m.start();
-    eventually!("set after memcached restarted", kv.set(S, vec![item("k", "v2", "")]));
+    eventually!(
+        "set after memcached restarted",
+        kv.set(S, vec![item("k", "v2", "")])
+    );
     assert_eq!(
         kv.mget(S, &["k"]).await.unwrap(),
         [("k".to_string(), "v2".into())]

@@ -32,10 +32,7 @@ fn single(redis: &Backend, extra: &str) -> String {
 
 /// Milliseconds since the epoch of an RFC 3339 instant.
 fn ms_of(rfc3339: &str) -> i64 {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .unwrap()
-        .as_millisecond()
+    rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
 
 #[tokio::test]
@@ -92,7 +89,10 @@ async fn upstream_redis_cases_with_millisecond_deadlines() {
     let ttl = kv.ttl(S, &["ttl", "b", "missing"]).await.unwrap();
     assert_eq!(ttl.len(), 2, "{ttl:?}");
     let reported = ttl.iter().find(|(k, _)| k == "ttl").unwrap().1.clone();
-    assert!(reported.ends_with('Z') && !reported.contains('.'), "{reported}");
+    assert!(
+        reported.ends_with('Z') && !reported.contains('.'),
+        "{reported}"
+    );
     let reported = ms_of(&reported);
     assert!(
         reported >= wanted && reported - wanted < 1000,
@@ -330,17 +330,26 @@ async fn backend_down_at_start_killed_and_restarted() {
 
     // It comes up: calls succeed without a restart of rrkv.
     let mut redis = common::backends::redis_server_at(port);
-    eventually!("set after redis started", kv.set(S, vec![item("k", "before kill", "")]));
+    eventually!(
+        "set after redis started",
+        kv.set(S, vec![item("k", "before kill", "")])
+    );
 
     // Killed mid-test: calls fail with a clear error, other storages keep working.
     redis.kill();
     let e = server_error(kv.mget(S, &["k"]).await);
-    assert!(e.contains("rpc_mget") && e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(
+        e.contains("rpc_mget") && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
     assert_eq!(kv.has("memory", &["k"]).await.unwrap(), ["k"]);
 
     // Restarted (empty: no persistence): calls succeed again.
     redis.start();
-    eventually!("set after redis restarted", kv.set(S, vec![item("k", "after restart", "")]));
+    eventually!(
+        "set after redis restarted",
+        kv.set(S, vec![item("k", "after restart", "")])
+    );
     assert_eq!(
         kv.mget(S, &["k"]).await.unwrap(),
         [("k".to_string(), "after restart".into())]
@@ -378,7 +387,10 @@ async fn a_hung_backend_stalls_neither_other_storages_nor_other_calls_on_the_con
     let reply = kv.read_frame().await.unwrap();
     assert_eq!(reply.seq, first);
     let text = String::from_utf8_lossy(&reply.body()).into_owned();
-    assert!(text.contains("rpc_mget") && text.contains(&redis.address()), "{text}");
+    assert!(
+        text.contains("rpc_mget") && text.contains(&redis.address()),
+        "{text}"
+    );
 
     redis.signal("CONT");
     let mut kv = server.client().await;

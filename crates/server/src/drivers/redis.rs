@@ -379,6 +379,15 @@ impl RedisStorage {
         }
         let mut connection = self.connection().await?;
         let result = match &mut connection {
+            // One command is atomic by itself and needs no pipeline.
+            Connection::Cluster(_) | Connection::Manager(_) if commands.len() == 1 => {
+                let command = commands.into_iter().next().expect("one command");
+                match &mut connection {
+                    Connection::Cluster(c) => command.query_async::<Value>(c).await,
+                    Connection::Manager(m) => command.query_async::<Value>(m).await,
+                }
+                .map(|value| vec![value])
+            }
             Connection::Cluster(cluster) => {
                 let calls = commands.into_iter().map(|command| {
                     let mut cluster = cluster.clone();

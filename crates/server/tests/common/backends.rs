@@ -175,10 +175,19 @@ pub fn memcached() -> Backend {
 
 /// A memcached on `port`.
 pub fn memcached_at(port: u16) -> Backend {
-    let args = ["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0", "-u", "root"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = [
+        "-p",
+        &port.to_string(),
+        "-l",
+        "127.0.0.1",
+        "-U",
+        "0",
+        "-u",
+        "root",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     Backend::spawn("memcached", args, port)
 }
 
