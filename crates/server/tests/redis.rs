@@ -397,3 +397,40 @@ async fn a_hung_backend_stalls_neither_other_storages_nor_other_calls_on_the_con
     eventually!("mget after redis woke", kv.mget(S, &["k"]));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn sentinel_finds_the_master_and_follows_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = redis_server();
+    let replica = common::backends::redis_replica_of(master.port);
+    let sentinel = common::backends::sentinel(master.port, dir.path());
+    // Wait until the Sentinel has found the replica, so it can fail over to it.
+    let began = std::time::Instant::now();
+    while !redis_cli(sentinel.port, &["sentinel", "replicas", "mymaster"])
+        .contains(&replica.port.to_string())
+    {
+        assert!(
+            began.elapsed().as_secs() < 20,
+            "sentinel never saw the replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let yaml = format!(
+        "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"{}\"]\n      master_name: mymaster\n      dial_timeout: 1s\n      read_timeout: 1s\n",
+        sentinel.address()
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    kv.set(S, vec![item("k", "v1", "")]).await.unwrap();
+    assert_eq!(redis_cli(master.port, &["get", "k"]).trim(), "v1");
+
+    // The master dies; the Sentinel promotes the replica, and rrkv writes to it.
+    master.kill();
+    eventually!("set after failover", kv.set(S, vec![item("k", "v2", "")]));
+    assert_eq!(redis_cli(replica.port, &["get", "k"]).trim(), "v2");
+    assert_eq!(
+        kv.mget(S, &["k"]).await.unwrap(),
+        [("k".to_string(), "v2".into())]
+    );
+    server.stop().await;
+}

@@ -168,6 +168,37 @@ fn redis_args(port: u16, cluster_dir: Option<&Path>) -> Vec<String> {
     args
 }
 
+/// A redis-server replicating `master`.
+pub fn redis_replica_of(master: u16) -> Backend {
+    let port = free_port(false);
+    let mut args = redis_args(port, None);
+    args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+    Backend::spawn("redis-server", args, port)
+}
+
+/// A Sentinel (redis-server in sentinel mode) watching `master` under the name `mymaster`,
+/// quick to declare it down. Sentinel rewrites its config file, so it lives in `dir`.
+pub fn sentinel(master: u16, dir: &Path) -> Backend {
+    let port = free_port(false);
+    let config = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\n\
+             sentinel failover-timeout mymaster 3000\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    Backend::spawn(
+        "redis-server",
+        vec![config.display().to_string(), "--sentinel".into()],
+        port,
+    )
+}
+
 /// A memcached on a free port.
 pub fn memcached() -> Backend {
     memcached_at(free_port(false))
