@@ -145,9 +145,7 @@ pub fn build(
         other => Err(ConfigError {
             file,
             key: Some(format!("kv.{}.driver", storage.name)),
-            message: format!(
-                "the {other} driver is not available in this build of rrkv yet; use driver: memory"
-            ),
+            message: format!("unknown driver {other:?}"),
         }),
     }
 }
