@@ -434,3 +434,50 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::backends::test_certs(dir.path());
+    let redis = common::backends::redis_tls_server(&certs);
+    let yaml = format!(
+        "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"{}\"]\n      tls:\n        root_ca: {}\n        cert: {}\n        key: {}\n",
+        redis.address(),
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    // TestTLSConnection: Set, Has and MGet over TLS.
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    kv.set(S, vec![item("secure", "yes", "")]).await.unwrap();
+    assert_eq!(kv.has(S, &["secure"]).await.unwrap(), ["secure"]);
+    assert_eq!(
+        kv.mget(S, &["secure"]).await.unwrap(),
+        [("secure".to_string(), "yes".into())]
+    );
+    server.stop().await;
+
+    // Without the client certificate the server refuses the handshake: a clear error.
+    let yaml = format!(
+        "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"{}\"]\n      tls: {{ root_ca: {} }}\n",
+        redis.address(),
+        certs.ca.display()
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    let e = server_error(kv.has(S, &["secure"]).await);
+    assert!(e.contains(&redis.address()), "{e}");
+    server.stop().await;
+
+    // A missing CA file fails startup, naming the key.
+    let e = start_error(
+        &format!("kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"{}\"]\n      tls: {{ root_ca: /nonexistent/ca.pem }}\n", redis.address()),
+        "tcp://127.0.0.1:0",
+    )
+    .await;
+    assert!(
+        e.contains("kv.redis-rr.config.tls.root_ca") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+}

@@ -131,8 +131,8 @@ pub fn build(
         "redis" => {
             require_section("addrs: [\"127.0.0.1:6379\"]")?;
             let options = redis::parse_options(&storage.options).map_err(bad_option)?;
-            let redis = redis::RedisStorage::new(&options, ctx.clock.clone())
-                .map_err(|message| bad_option((String::new(), message)))?;
+            let redis =
+                redis::RedisStorage::new(&options, ctx.clock.clone()).map_err(bad_option)?;
             Ok(Arc::new(redis))
         }
         "memcached" => {

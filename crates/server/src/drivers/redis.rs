@@ -21,6 +21,7 @@
 //! (SCAN + UNLINK in batches, on every primary of a cluster). Without it Clear is `FLUSHDB`,
 //! as upstream: it empties the whole database, whoever wrote the keys.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,10 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, Value};
+use redis::{
+    ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    TlsCertificates, TlsMode, Value,
+};
 use rrkv_engine::Clock;
 
 use super::options;
@@ -61,6 +65,18 @@ pub struct RedisOptions {
     pub read_only: bool,
     /// Stored keys are `prefix ++ key`; Clear removes only keys under it.
     pub prefix: String,
+    /// Set: connect over TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `tls:` of a redis storage: PEM files, read at startup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that signed the servers' certificates.
+    pub root_ca: PathBuf,
+    /// A client certificate and its key, for servers that require one (mutual TLS).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -80,6 +96,7 @@ impl Default for RedisOptions {
             max_retry_backoff: Duration::from_millis(512),
             read_only: false,
             prefix: String::new(),
+            tls: None,
         }
     }
 }
@@ -143,15 +160,7 @@ pub fn parse_options(value: &serde_norway::Value) -> Result<RedisOptions, (Strin
                 }
             }
             "read_only" => out.read_only = options::boolean(value).map_err(at)?,
-            "tls" => {
-                if !value.is_null() {
-                    return Err(at(
-                        "TLS connections to Redis are not supported by this build of rrkv; \
-                         remove `tls` and reach Redis over a trusted network or a TLS tunnel"
-                            .into(),
-                    ));
-                }
-            }
+            "tls" => out.tls = parse_tls(value)?,
             ignored if IGNORED.contains(&ignored) => {
                 tracing::debug!(
                     key = ignored,
@@ -178,6 +187,70 @@ pub fn parse_options(value: &serde_norway::Value) -> Result<RedisOptions, (Strin
         out.max_retry_backoff = out.min_retry_backoff;
     }
     Ok(out)
+}
+
+/// Reads `tls: {root_ca, cert, key}`; errors name `tls.<key>`.
+fn parse_tls(value: &serde_norway::Value) -> Result<Option<TlsFiles>, (String, String)> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let mut root_ca = None;
+    let mut cert = None;
+    let mut key = None;
+    for (name, value) in options::mapping(value, "redis tls", "root_ca, cert, key")? {
+        let at = |message: String| (format!("tls.{name}"), message);
+        let path = options::text(value).map_err(at)?;
+        let path = (!path.is_empty()).then(|| PathBuf::from(path));
+        match name {
+            "root_ca" => root_ca = path,
+            "cert" => cert = path,
+            "key" => key = path,
+            "client_auth_type" => {} // in RoadRunner's schema, never read
+            other => tracing::warn!(key = other, "unknown redis tls option ignored"),
+        }
+    }
+    let Some(root_ca) = root_ca else {
+        return Err((
+            "tls.root_ca".into(),
+            "the CA certificate (PEM) that signed the Redis servers' certificates is required"
+                .into(),
+        ));
+    };
+    if cert.is_some() != key.is_some() {
+        let missing = if cert.is_none() {
+            "tls.cert"
+        } else {
+            "tls.key"
+        };
+        return Err((
+            missing.into(),
+            "a client certificate needs both `cert` and `key`".into(),
+        ));
+    }
+    Ok(Some(TlsFiles { root_ca, cert, key }))
+}
+
+/// The PEM files of `tls`, read; errors name the key and the file.
+fn read_tls(files: &TlsFiles) -> Result<TlsCertificates, (String, String)> {
+    let read = |key: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| {
+            (
+                format!("tls.{key}"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let client_tls = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read("cert", cert)?,
+            client_key: read("key", key)?,
+        }),
+        _ => None,
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert: Some(read("root_ca", &files.root_ca)?),
+    })
 }
 
 /// How calls reach Redis.
@@ -208,8 +281,25 @@ pub struct RedisStorage {
 }
 
 impl RedisStorage {
-    /// Builds the client without connecting: Redis may be down when rrkv starts.
-    pub fn new(options: &RedisOptions, clock: Arc<dyn Clock>) -> Result<RedisStorage, String> {
+    /// Builds the client without connecting: Redis may be down when rrkv starts. Errors
+    /// name the option at fault (`""` for the section as a whole).
+    pub fn new(
+        options: &RedisOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedisStorage, (String, String)> {
+        let certificates = options.tls.as_ref().map(read_tls).transpose()?;
+        if certificates.is_some() {
+            // rustls needs a process-wide crypto provider; a second install is a no-op error.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        Self::build(options, certificates, clock).map_err(|message| (String::new(), message))
+    }
+
+    fn build(
+        options: &RedisOptions,
+        certificates: Option<TlsCertificates>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedisStorage, String> {
         let settings = redis::RedisConnectionInfo::default().set_db(options.db);
         let settings = if options.username.is_empty() {
             settings
@@ -227,10 +317,11 @@ impl RedisStorage {
             .set_number_of_retries(options.max_retries)
             .set_min_delay(options.min_retry_backoff)
             .set_max_delay(options.max_retry_backoff);
+        let tls = certificates.is_some();
         let addrs = options
             .addrs
             .iter()
-            .map(|a| tcp_addr(a))
+            .map(|a| tcp_addr(a, tls))
             .collect::<Result<Vec<_>, _>>()?;
         let (backend, kind) = if !options.master_name.is_empty() {
             let mut builder =
@@ -245,6 +336,13 @@ impl RedisStorage {
             }
             if !options.sentinel_password.is_empty() {
                 builder = builder.set_client_to_sentinel_password(&options.sentinel_password);
+            }
+            if let Some(certificates) = &certificates {
+                builder = builder
+                    .set_client_to_redis_tls_mode(TlsMode::Secure)
+                    .set_client_to_redis_certificates(certificates.clone())
+                    .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                    .set_client_to_sentinel_certificates(certificates.clone());
             }
             let client = builder.build().map_err(|e| e.to_string())?;
             (
@@ -275,6 +373,9 @@ impl RedisStorage {
                 .retries(options.max_retries as u32)
                 .min_retry_wait(options.min_retry_backoff.as_millis() as u64)
                 .max_retry_wait(options.max_retry_backoff.as_millis() as u64);
+            if let Some(certificates) = certificates {
+                builder = builder.tls(TlsMode::Secure).certs(certificates);
+            }
             if options.read_only {
                 builder = builder
                     .read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);
@@ -293,7 +394,11 @@ impl RedisStorage {
                 .into_connection_info()
                 .map_err(|e| e.to_string())?
                 .set_redis_settings(settings);
-            let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+            let client = match certificates {
+                Some(certificates) => redis::Client::build_with_tls(info, certificates),
+                None => redis::Client::open(info),
+            }
+            .map_err(|e| e.to_string())?;
             let manager = client
                 .get_connection_manager_lazy(manager_config)
                 .map_err(|e| e.to_string())?;
@@ -541,15 +646,27 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
-fn tcp_addr(addr: &str) -> Result<ConnectionAddr, String> {
+fn tcp_addr(addr: &str, tls: bool) -> Result<ConnectionAddr, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("{addr:?} is not a host:port address"))?;
     let port = port
         .parse()
         .map_err(|_| format!("{addr:?} is not a host:port address"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(ConnectionAddr::Tcp(host.to_string(), port))
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(if tls {
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host, port)
+    })
 }
 
 fn is_unknown_command(text: &str) -> bool {
@@ -733,7 +850,13 @@ mod tests {
         let (key, message) = parse("addrs: ['a:1', 'b:2']\ndb: 3").unwrap_err();
         assert_eq!(key, "db");
         assert!(message.contains("Cluster"), "{message}");
-        assert_eq!(parse("tls: {root_ca: ca.pem}").unwrap_err().0, "tls");
+        let tls = parse("tls: {root_ca: ca.pem}").unwrap().tls.unwrap();
+        assert_eq!(tls.root_ca, PathBuf::from("ca.pem"));
+        assert_eq!(parse("tls: {cert: c.pem}").unwrap_err().0, "tls.root_ca");
+        assert_eq!(
+            parse("tls: {root_ca: ca.pem, cert: c.pem}").unwrap_err().0,
+            "tls.key"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct Backend {
     args: Vec<String>,
     pub port: u16,
     child: Option<Child>,
+    /// Whether the server answers yet; a plain PING (or `version`) unless set.
+    ready: Option<Box<dyn Fn(u16) -> bool + Send>>,
 }
 
 impl Backend {
@@ -24,6 +26,7 @@ impl Backend {
             args,
             port,
             child: None,
+            ready: None,
         };
         backend.start();
         backend
@@ -52,7 +55,11 @@ impl Backend {
         } else {
             (b"PING\r\n", b"+PONG")
         };
-        while !answers(self.port, probe, expect) {
+        let ready = |port| match &self.ready {
+            Some(ready) => ready(port),
+            None => answers(port, probe, expect),
+        };
+        while !ready(self.port) {
             assert!(
                 Instant::now() < deadline,
                 "{} on port {} did not answer within 10 s",
@@ -197,6 +204,137 @@ pub fn sentinel(master: u16, dir: &Path) -> Backend {
         vec![config.display().to_string(), "--sentinel".into()],
         port,
     )
+}
+
+/// Test certificates: a CA, a server certificate for 127.0.0.1 and a client certificate,
+/// made with the openssl command-line tool in `dir`.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub fn test_certs(dir: &Path) -> TestCerts {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (apt-get install -y openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rrkv test CA",
+    ]);
+    openssl(&ca);
+    // Extensions make X.509 v3 certificates, the only version rustls accepts.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+        openssl(&req);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+    TestCerts {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+/// A redis-server that accepts only TLS connections with a client certificate from the
+/// test CA.
+pub fn redis_tls_server(certs: &TestCerts) -> Backend {
+    let port = free_port(false);
+    let path = |p: &PathBuf| p.display().to_string();
+    let args = vec![
+        "--port".into(),
+        "0".into(),
+        "--tls-port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        "".into(),
+        "--tls-cert-file".into(),
+        path(&certs.server_cert),
+        "--tls-key-file".into(),
+        path(&certs.server_key),
+        "--tls-ca-cert-file".into(),
+        path(&certs.ca),
+        "--tls-auth-clients".into(),
+        "yes".into(),
+    ];
+    let cli = vec![
+        "--tls".to_string(),
+        "--cacert".into(),
+        path(&certs.ca),
+        "--cert".into(),
+        path(&certs.client_cert),
+        "--key".into(),
+        path(&certs.client_key),
+    ];
+    let mut backend = Backend {
+        program: "redis-server",
+        args,
+        port,
+        child: None,
+        ready: Some(Box::new(move |port| {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(&cli)
+                .arg("ping")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        })),
+    };
+    backend.start();
+    backend
 }
 
 /// A memcached on a free port.
