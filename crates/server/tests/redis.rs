@@ -481,3 +481,25 @@ async fn tls_with_a_client_certificate() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn ttl_falls_back_to_pttl_on_redis_before_7() {
+    let redis = common::backends::redis_server_without_pexpiretime();
+    let server = start(&single(&redis, "")).await;
+    let mut kv = server.client().await;
+    let deadline = in_ms(60_000);
+    kv.set(S, vec![item("a", "1", &deadline), item("b", "2", "")])
+        .await
+        .unwrap();
+    for keys in [&["a"][..], &["a", "b", "missing"][..]] {
+        let ttl = kv.ttl(S, keys).await.unwrap();
+        let reported = ms_of(&ttl.iter().find(|(k, _)| k == "a").unwrap().1);
+        let wanted = ms_of(&deadline);
+        assert!(
+            reported >= wanted && reported - wanted < 2000,
+            "{reported} vs {wanted}"
+        );
+        assert_eq!(ttl.len(), keys.len().min(2), "{ttl:?}");
+    }
+    server.stop().await;
+}

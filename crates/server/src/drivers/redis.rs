@@ -531,8 +531,12 @@ impl RedisStorage {
                 .iter()
                 .map(|k| redis::cmd("PEXPIRETIME").arg(self.stored_key(k)).clone())
                 .collect();
-            match self.per_key(commands, false).await {
-                Ok(values) => return values.into_iter().map(|v| self.integer(v)).collect(),
+            let deadlines = self
+                .per_key(commands, false)
+                .await
+                .and_then(|values| values.into_iter().map(|v| self.integer(v)).collect());
+            match deadlines {
+                Ok(deadlines) => return Ok(deadlines),
                 Err(StorageError::Backend(text)) if is_unknown_command(&text) => {
                     tracing::info!(backend = %self.describe, "Redis before 7.0: TTL reads PTTL instead of PEXPIRETIME");
                     self.pexpiretime.store(false, Ordering::Relaxed);

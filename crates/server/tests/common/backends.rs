@@ -142,6 +142,14 @@ pub fn redis_server_at(port: u16) -> Backend {
     Backend::spawn("redis-server", redis_args(port, None), port)
 }
 
+/// A redis-server that answers PEXPIRETIME with "unknown command", as Redis before 7.0 does.
+pub fn redis_server_without_pexpiretime() -> Backend {
+    let port = free_port(false);
+    let mut args = redis_args(port, None);
+    args.extend(["--rename-command".into(), "PEXPIRETIME".into(), "".into()]);
+    Backend::spawn("redis-server", args, port)
+}
+
 fn redis_args(port: u16, cluster_dir: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
