@@ -88,7 +88,41 @@ pub struct KvService {
     /// Sorted by name: a handful of storages is found faster by binary search than by
     /// hashing the name on every call.
     storages: Vec<(String, Arc<dyn Storage>)>,
+    /// Failures of each storage, in the order of `storages`.
+    failures: Vec<StorageFailures>,
     metrics: RequestMetrics,
+}
+
+/// Counts a storage's failed calls and logs them, at most once per [`LOG_EVERY_MS`]: a
+/// backend that is down fails every call, and the log must stay readable.
+struct StorageFailures {
+    total: metrics::Counter,
+    last_logged_ms: std::sync::atomic::AtomicU64,
+}
+
+const LOG_EVERY_MS: u64 = 10_000;
+
+impl StorageFailures {
+    fn record(&self, storage: &str, text: &str) {
+        use std::sync::atomic::Ordering;
+        self.total.increment(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= LOG_EVERY_MS
+            && self
+                .last_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                storage,
+                error = text,
+                "storage call failed (logged at most every 10 s)"
+            );
+        }
+    }
 }
 
 impl KvService {
@@ -96,18 +130,33 @@ impl KvService {
         let mut storages: Vec<_> = storages.into_iter().collect();
         storages.sort_by(|a, b| a.0.cmp(&b.0));
         storages.dedup_by(|a, b| a.0 == b.0);
+        let failures = storages
+            .iter()
+            .map(|(name, storage)| StorageFailures {
+                total: metrics::counter!(
+                    "rrkv_storage_errors_total",
+                    "storage" => name.clone(),
+                    "driver" => storage.driver()
+                ),
+                last_logged_ms: Default::default(),
+            })
+            .collect();
         KvService {
             storages,
+            failures,
             metrics: RequestMetrics::new(),
         }
     }
 
-    /// The storage called `name`.
-    pub fn storage(&self, name: &str) -> Option<&Arc<dyn Storage>> {
+    fn position(&self, name: &str) -> Option<usize> {
         self.storages
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
-            .map(|i| &self.storages[i].1)
+    }
+
+    /// The storage called `name`.
+    pub fn storage(&self, name: &str) -> Option<&Arc<dyn Storage>> {
+        self.position(name).map(|i| &self.storages[i].1)
     }
 
     /// Storage names, sorted.
@@ -134,19 +183,24 @@ impl KvService {
     }
 
     async fn run(&self, method: Method, request: Request) -> Result<Response, String> {
-        let storage = match request.storage.as_str() {
+        let position = match request.storage.as_str() {
             "" => return Err("no storage provided".to_string()),
             name => self
-                .storage(name)
+                .position(name)
                 .ok_or_else(|| format!("no such storage: {name}"))?,
         };
+        let storage = &self.storages[position].1;
         let op = method.op();
         let fail = |e: StorageError| {
-            format!(
+            let text = format!(
                 "{op}: {} storage {:?}: {e}",
                 storage.driver(),
                 request.storage
-            )
+            );
+            if matches!(e, StorageError::Backend(_)) {
+                self.failures[position].record(&request.storage, &text);
+            }
+            text
         };
         if method != Method::Clear {
             for (i, item) in request.items.iter().enumerate() {

@@ -37,6 +37,28 @@ pub enum StartError {
     },
 }
 
+/// Logs, in the background, whether a storage's remote backend answers. Startup does not
+/// wait for it: a backend that is down must not keep rrkv (and the storages that work) from
+/// serving, and its calls recover by themselves once it is back.
+fn check_backend(name: String, storage: Arc<dyn storage::Storage>) {
+    let Some(backend) = storage.backend().map(str::to_string) else {
+        return;
+    };
+    tokio::spawn(async move {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), storage.check()).await {
+            Ok(Ok(())) => tracing::info!(storage = %name, %backend, "backend reachable"),
+            Ok(Err(e)) => tracing::warn!(
+                storage = %name, %backend, error = %e,
+                "backend unreachable; calls to this storage fail until it answers"
+            ),
+            Err(_) => tracing::warn!(
+                storage = %name, %backend,
+                "backend did not answer within 10 s; calls to this storage fail until it answers"
+            ),
+        }
+    });
+}
+
 /// A server whose storages are built and whose socket is bound, ready to accept.
 pub struct Server {
     listener: Listener,
@@ -64,6 +86,7 @@ impl Server {
                 }
             };
             tracing::info!(storage = %storage.name, driver = %storage.driver, "storage ready");
+            check_backend(storage.name.clone(), built.clone());
             storages.push((storage.name.clone(), built));
         }
         Server::with_storages(storages, listen, options).await

@@ -40,6 +40,10 @@ pub enum StorageError {
     /// The driver cannot do this at all (memcached cannot read TTLs).
     #[error("{0}")]
     Unsupported(String),
+    /// The request holds something this backend cannot store (a key memcached refuses);
+    /// found before anything was sent.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A named key-value store that the `kv.*` methods operate on.
@@ -77,5 +81,17 @@ pub trait Storage: Send + Sync + 'static {
     /// Sizes, if the driver knows them without I/O.
     fn stats(&self) -> Option<StorageStats> {
         None
+    }
+
+    /// The remote servers behind this storage (`"redis 10.0.0.1:6379"`), for logs; `None`
+    /// when the data lives in this process.
+    fn backend(&self) -> Option<&str> {
+        None
+    }
+
+    /// Asks the remote servers whether they answer (PING, a no-op). Used at startup to log
+    /// an unreachable backend; calls still fail or succeed on their own.
+    async fn check(&self) -> Result<(), StorageError> {
+        Ok(())
     }
 }

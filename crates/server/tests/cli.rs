@@ -352,3 +352,64 @@ async fn metrics_count_requests_connections_and_frame_errors() {
     terminate(&server);
     assert_eq!(wait_exit(server).0, 0);
 }
+
+#[tokio::test]
+async fn an_unreachable_backend_is_logged_counted_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rpc, metrics, redis_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.path().join("rr.yaml"),
+        format!(
+            "rpc:\n  listen: tcp://127.0.0.1:{rpc}\nkv:\n  cache:\n    driver: redis\n    config:\n      addrs: [\"127.0.0.1:{redis_port}\"]\n      dial_timeout: 1s\n  local:\n    driver: memory\n"
+        ),
+    )
+    .unwrap();
+    let metrics_address = format!("127.0.0.1:{metrics}");
+    let server = rrkv(
+        dir.path(),
+        &["serve", "-c", "rr.yaml", "--metrics", &metrics_address],
+    )
+    .spawn()
+    .unwrap();
+    let mut kv = connect_when_ready(&format!("tcp://127.0.0.1:{rpc}").parse().unwrap()).await;
+    assert!(kv.set("cache", vec![item("k", "v", "")]).await.is_err());
+    assert!(kv.set("cache", vec![item("k", "v", "")]).await.is_err());
+    kv.set("local", vec![item("k", "v", "")]).await.unwrap();
+    let expected = "rrkv_storage_errors_total{storage=\"cache\",driver=\"redis\"} 2";
+    let started = Instant::now();
+    while !http_get(&metrics_address).lines().any(|l| l == expected) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no {expected} in:\n{}",
+            http_get(&metrics_address)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis comes up: the same storage works, without a restart.
+    let _redis = common::backends::redis_server_at(redis_port);
+    eventually!(
+        "set after redis started",
+        kv.set("cache", vec![item("k", "v", "")])
+    );
+    terminate(&server);
+    let (code, stderr) = wait_exit(server);
+    assert_eq!(code, 0, "{stderr}");
+    let unreachable = stderr
+        .lines()
+        .find(|l| l.contains("backend unreachable"))
+        .unwrap_or_else(|| panic!("no startup warning in:\n{stderr}"));
+    assert!(
+        unreachable.contains("cache") && unreachable.contains(&format!("127.0.0.1:{redis_port}")),
+        "{unreachable}"
+    );
+    // Two failed calls, one log line: failures are logged at most every 10 s.
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("storage call failed"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

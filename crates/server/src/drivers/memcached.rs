@@ -145,6 +145,8 @@ impl Router for Ring {
 /// A storage whose keys live in memcached.
 pub struct MemcachedStorage {
     options: MemcachedOptions,
+    /// `"memcached 10.0.0.1:11211,10.0.0.2:11211"`, for logs.
+    describe: String,
     ring: Arc<Ring>,
     /// Made on first use: resolving addresses is async, and a name may not resolve yet.
     client: OnceCell<Multiplexer>,
@@ -154,6 +156,7 @@ pub struct MemcachedStorage {
 impl MemcachedStorage {
     pub fn new(options: &MemcachedOptions, clock: Arc<dyn Clock>) -> Result<Self, String> {
         Ok(MemcachedStorage {
+            describe: format!("memcached {}", options.addr.join(",")),
             ring: Arc::new(Ring::new(&options.addr)),
             options: options.clone(),
             client: OnceCell::new(),
@@ -212,7 +215,7 @@ impl MemcachedStorage {
             .ok()
             .filter(|&s| s <= i32::MAX as u32)
             .ok_or_else(|| {
-                StorageError::Backend(
+                StorageError::Invalid(
                     "memcached keeps expiry times as 32-bit Unix seconds; \
                      deadlines after 2038-01-19T03:14:07Z cannot be stored"
                         .into(),
@@ -276,12 +279,16 @@ struct Job {
 /// stay together and in order, and jobs keep their arrival order within a server's batch.
 struct Multiplexer {
     jobs: mpsc::UnboundedSender<Job>,
+    /// For requests that are not batched (the startup check).
+    client: AsyncMetaClient,
 }
 
 impl Multiplexer {
     fn start(client: AsyncMetaClient) -> Multiplexer {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let batches = client.clone();
         tokio::spawn(async move {
+            let client = batches;
             let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
             while let Ok(slot) = slots.clone().acquire_owned().await {
                 let Some(first) = queue.recv().await else {
@@ -332,7 +339,7 @@ impl Multiplexer {
                 });
             }
         });
-        Multiplexer { jobs }
+        Multiplexer { jobs, client }
     }
 
     async fn run(
@@ -362,14 +369,14 @@ impl Router for RingRouter {
 fn check_keys<'a>(keys: impl Iterator<Item = &'a str>) -> Result<(), StorageError> {
     for key in keys {
         if key.len() > MAX_KEY_LEN {
-            return Err(StorageError::Backend(format!(
+            return Err(StorageError::Invalid(format!(
                 "key {:?}… is {} bytes; memcached keys are at most {MAX_KEY_LEN} bytes",
                 key.chars().take(32).collect::<String>(),
                 key.len()
             )));
         }
         if let Some(c) = key.bytes().find(|&b| b <= b' ' || b == 0x7f) {
-            return Err(StorageError::Backend(format!(
+            return Err(StorageError::Invalid(format!(
                 "key {key:?} contains {}; memcached keys cannot contain spaces or control characters",
                 if c == b' ' {
                     "a space".to_string()
@@ -508,6 +515,19 @@ impl Storage for MemcachedStorage {
 
     async fn close(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn backend(&self) -> Option<&str> {
+        Some(&self.describe)
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.client()
+            .await?
+            .client
+            .noop()
+            .await
+            .map_err(|e| StorageError::Backend(format!("{}: {e}", self.describe)))
     }
 }
 

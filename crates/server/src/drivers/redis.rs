@@ -818,6 +818,16 @@ impl Storage for RedisStorage {
     async fn close(&self) -> Result<(), StorageError> {
         Ok(()) // connections close when the storage is dropped
     }
+
+    fn backend(&self) -> Option<&str> {
+        Some(&self.describe)
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.single::<redis::Value>(redis::cmd("PING"))
+            .await
+            .map(|_| ())
+    }
 }
 
 #[cfg(test)]
