@@ -3,6 +3,7 @@
 mod common;
 
 use common::backends::{free_port, memcached, memcached_at, memcached_items, Backend};
+use common::scenarios;
 use common::*;
 use rrkv::drivers::BuildContext;
 use rrkv::server::ServeOptions;
@@ -36,25 +37,7 @@ async fn upstream_memcached_scenario() {
     let server = start(&yaml(&[&m1, &m2])).await;
     let mut kv = server.client().await;
 
-    kv.set(S, vec![item("a", "aa", ""), item("b", "bb", "")])
-        .await
-        .unwrap();
-    assert_eq!(
-        sorted(kv.has(S, &["a", "b", "c"]).await.unwrap()),
-        ["a", "b"]
-    );
-    assert_eq!(
-        kv.mget(S, &["a", "c", "b"]).await.unwrap(),
-        [
-            ("a".to_string(), "aa".into()),
-            ("b".to_string(), "bb".into())
-        ]
-    );
-    kv.set(S, vec![item("empty", "", "")]).await.unwrap();
-    assert_eq!(
-        kv.mget(S, &["empty"]).await.unwrap(),
-        [("empty".to_string(), bytes::Bytes::new())]
-    );
+    scenarios::set_has_mget_delete(&mut kv, S).await;
 
     // kv.TTL fails with the text the PHP client maps to NotImplementedException.
     let e = server_error(kv.ttl(S, &["a"]).await);
@@ -70,28 +53,9 @@ async fn upstream_memcached_scenario() {
     sleep_past(&in_ms(2_100)).await;
     assert!(kv.has(S, &["soon"]).await.unwrap().is_empty());
 
-    // A deadline at or before now deletes.
-    kv.set(S, vec![item("gone", "y", &in_ms(-1))])
-        .await
-        .unwrap();
-    assert!(kv.has(S, &["gone"]).await.unwrap().is_empty());
-
-    // MExpire is touch: the value stays, a missing key is no error and stays missing.
-    kv.set(S, vec![item("m", "kept", "")]).await.unwrap();
-    let expiry = in_ms(1_000);
-    kv.mexpire(S, &[("m", &expiry), ("nosuch", &expiry)])
-        .await
-        .unwrap();
-    assert_eq!(
-        kv.mget(S, &["m", "nosuch"]).await.unwrap(),
-        [("m".to_string(), "kept".into())]
-    );
-    sleep_past(&in_ms(2_000)).await;
-    assert!(kv.has(S, &["m"]).await.unwrap().is_empty());
-
-    // Delete ignores misses.
-    kv.delete(S, &["a", "never-existed"]).await.unwrap();
-    assert_eq!(kv.has(S, &["a", "b"]).await.unwrap(), ["b"]);
+    scenarios::past_deadline_deletes(&mut kv, S).await;
+    // MExpire is touch; memcached rounds the deadline up to the second.
+    scenarios::mexpire_keeps_value_then_expires(&mut kv, S, 1_000, 2_000).await;
 
     // Clear: flush_all on every server; other storages keep their keys.
     kv.set("memory", vec![item("b", "m", "")]).await.unwrap();

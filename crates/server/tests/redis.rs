@@ -5,6 +5,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::backends::{redis_cli, redis_server, Backend, RedisCluster};
+use common::scenarios;
 use common::*;
 use rrkv::drivers::BuildContext;
 use rrkv::server::ServeOptions;
@@ -41,37 +42,7 @@ async fn upstream_redis_cases_with_millisecond_deadlines() {
     let server = start(&single(&redis, "")).await;
     let mut kv = server.client().await;
 
-    // TestSetAndHas, TestMGetReturnsStoredValues
-    kv.set(S, vec![item("a", "1", ""), item("b", "2", "")])
-        .await
-        .unwrap();
-    assert_eq!(
-        sorted(kv.has(S, &["a", "b", "missing"]).await.unwrap()),
-        ["a", "b"]
-    );
-    assert_eq!(
-        kv.mget(S, &["a", "missing", "b"]).await.unwrap(),
-        [("a".to_string(), "1".into()), ("b".to_string(), "2".into())]
-    );
-    // Binary and empty values round-trip; an empty value comes back as a key-only item.
-    let binary = Item {
-        key: "bin".into(),
-        value: bytes::Bytes::from_static(b"\0\xff\r\n"),
-        timeout: String::new(),
-    };
-    kv.set(S, vec![binary.clone(), item("empty", "", "")])
-        .await
-        .unwrap();
-    assert_eq!(
-        kv.mget(S, &["bin", "empty"]).await.unwrap(),
-        [
-            ("bin".to_string(), binary.value.clone()),
-            ("empty".to_string(), bytes::Bytes::new())
-        ]
-    );
-    // TestDeleteRemovesOnlyTheNamedKey
-    kv.delete(S, &["a", "never-existed"]).await.unwrap();
-    assert_eq!(kv.has(S, &["a", "b"]).await.unwrap(), ["b"]);
+    scenarios::set_has_mget_delete(&mut kv, S).await;
 
     // TestTTLReportsRemainingLifetime: the deadline is stored to the millisecond and read
     // back (PEXPIRETIME) as whole seconds rounded up; a key without one has an empty timeout.
@@ -113,26 +84,8 @@ async fn upstream_redis_cases_with_millisecond_deadlines() {
     sleep_past(&soon).await;
     assert_eq!(kv.has(S, &["soon", "stays"]).await.unwrap(), ["stays"]);
 
-    // A deadline at or before now deletes, as in the memory storage.
-    kv.set(S, vec![item("gone", "x", "")]).await.unwrap();
-    kv.set(S, vec![item("gone", "y", &in_ms(-1_000))])
-        .await
-        .unwrap();
-    assert!(kv.has(S, &["gone"]).await.unwrap().is_empty());
-
-    // TestMExpireAppliesTTLToExistingKeys: the value is kept; a missing key stays missing.
-    kv.set(S, vec![item("m", "kept", "")]).await.unwrap();
-    let expiry = in_ms(600);
-    kv.mexpire(S, &[("m", &expiry), ("nosuch", &expiry)])
-        .await
-        .unwrap();
-    assert_eq!(
-        kv.mget(S, &["m", "nosuch"]).await.unwrap(),
-        [("m".to_string(), "kept".into())]
-    );
-    assert!(!kv.ttl(S, &["m"]).await.unwrap()[0].1.is_empty());
-    sleep_past(&expiry).await;
-    assert!(kv.has(S, &["m"]).await.unwrap().is_empty());
+    scenarios::past_deadline_deletes(&mut kv, S).await;
+    scenarios::mexpire_keeps_value_then_expires(&mut kv, S, 600, 600).await;
 
     // TestClearEmptiesTheStorage, and leaves other storages alone.
     kv.set("memory", vec![item("b", "m", "")]).await.unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod scenarios;
 
 /// Repeats a fallible call for up to 15 s until it succeeds, and gives its value.
 #[macro_export]
