@@ -456,3 +456,44 @@ async fn ttl_falls_back_to_pttl_on_redis_before_7() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cluster_recovers_when_a_killed_node_comes_back() {
+    let mut cluster = RedisCluster::start();
+    let addrs = cluster
+        .addresses()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        "kv:\n  cl:\n    driver: redis\n    config: {{ addrs: [{addrs}], dial_timeout: 1s, read_timeout: 1s }}\n  memory:\n    driver: memory\n"
+    );
+    let server = start(&yaml).await;
+    let mut kv = server.client().await;
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    kv.set("cl", keys.iter().map(|k| item(k, "v", "")).collect())
+        .await
+        .unwrap();
+
+    // One primary dies (its slots have no replica): a request touching them fails with an
+    // error naming the cluster, and other storages are unaffected.
+    cluster.nodes[1].kill();
+    let e = server_error(kv.mget("cl", &refs).await);
+    assert!(e.contains("rpc_mget") && e.contains("redis cluster"), "{e}");
+    kv.set("memory", vec![item("k", "v", "")]).await.unwrap();
+
+    // It restarts with its node file (same id and slots, no data: no persistence); the
+    // cluster is whole again and rrkv serves every slot without a restart.
+    cluster.nodes[1].start();
+    cluster.wait_ok();
+    eventually!(
+        "set on every slot after the node restarted",
+        kv.set("cl", keys.iter().map(|k| item(k, "again", "")).collect())
+    );
+    let got = kv.mget("cl", &refs).await.unwrap();
+    assert_eq!(got.len(), 60);
+    assert!(got.iter().all(|(_, v)| v == "again"));
+    server.stop().await;
+}

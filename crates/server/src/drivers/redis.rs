@@ -256,8 +256,46 @@ fn read_tls(files: &TlsFiles) -> Result<TlsCertificates, (String, String)> {
 /// How calls reach Redis.
 enum Backend {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Box<ClusterBackend>),
     Sentinel(Box<SentinelBackend>),
+}
+
+/// A cluster connection, replaced by a fresh one after a connection-level failure.
+///
+/// The `redis` crate's async cluster connection does not always recover by itself: after a
+/// primary is killed and restarted on the same address, every command to its slots timed
+/// out for as long as we watched (60 s; see the `cluster_recovers…` test). A new connection
+/// discovers the topology from the configured nodes and works at once. Rebuilds happen at
+/// most once per [`CLUSTER_REBUILD_EVERY`], so a cluster that is really down is not hammered.
+struct ClusterBackend {
+    client: redis::cluster::ClusterClient,
+    config: redis::cluster::ClusterConfig,
+    connection: parking_lot::RwLock<ClusterConnection>,
+    last_rebuild: parking_lot::Mutex<std::time::Instant>,
+}
+
+const CLUSTER_REBUILD_EVERY: Duration = Duration::from_secs(1);
+
+impl ClusterBackend {
+    fn rebuild(&self) {
+        let mut last = self.last_rebuild.lock();
+        if last.elapsed() < CLUSTER_REBUILD_EVERY {
+            return;
+        }
+        *last = std::time::Instant::now();
+        *self.connection.write() = self
+            .client
+            .get_pending_async_connection_with_config(self.config.clone());
+    }
+}
+
+/// Whether `e` says the connection, not the command, failed.
+fn connection_failed(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
 }
 
 /// A master found through Sentinel. The connection is dropped after a connection error or a
@@ -384,8 +422,14 @@ impl RedisStorage {
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(options.dial_timeout)
                 .set_response_timeout(options.response_timeout);
+            let connection = client.get_pending_async_connection_with_config(config.clone());
             (
-                Backend::Cluster(client.get_pending_async_connection_with_config(config)),
+                Backend::Cluster(Box::new(ClusterBackend {
+                    client,
+                    config,
+                    connection: parking_lot::RwLock::new(connection),
+                    last_rebuild: parking_lot::Mutex::new(std::time::Instant::now()),
+                })),
                 format!("redis cluster {}", options.addrs.join(",")),
             )
         } else {
@@ -432,7 +476,7 @@ impl RedisStorage {
     async fn connection(&self) -> Result<Connection, StorageError> {
         match &self.backend {
             Backend::Single(m) => Ok(Connection::Manager(m.clone())),
-            Backend::Cluster(c) => Ok(Connection::Cluster(c.clone())),
+            Backend::Cluster(c) => Ok(Connection::Cluster(c.connection.read().clone())),
             Backend::Sentinel(s) => {
                 if let Some(m) = s.master.lock().clone() {
                     return Ok(Connection::Manager(m));
@@ -459,18 +503,16 @@ impl RedisStorage {
         }
     }
 
-    /// Notes a failed call: after a connection error or a READONLY reply, a Sentinel storage
-    /// asks the Sentinels for the master again.
+    /// Notes a failed call: after a connection error (or a READONLY reply, for Sentinel), a
+    /// Sentinel storage asks the Sentinels for the master again and a cluster storage
+    /// replaces its connection.
     fn failed(&self, e: RedisError) -> StorageError {
-        if let Backend::Sentinel(s) = &self.backend {
-            if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.is_timeout()
-                || e.code() == Some("READONLY")
-            {
+        match &self.backend {
+            Backend::Sentinel(s) if connection_failed(&e) || e.code() == Some("READONLY") => {
                 s.master.lock().take();
             }
+            Backend::Cluster(c) if connection_failed(&e) => c.rebuild(),
+            _ => {}
         }
         self.error(e)
     }

@@ -403,14 +403,20 @@ impl RedisCluster {
             .output()
             .expect("redis-cli runs");
         assert!(out.status.success(), "cluster create failed: {out:?}");
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for node in &nodes {
+        for node in &self.nodes {
             while !redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "cluster did not become ok");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        RedisCluster { nodes, _dir: dir }
     }
 
     pub fn addresses(&self) -> Vec<String> {
