@@ -5,20 +5,8 @@ mod common;
 use common::backends::{free_port, memcached, memcached_at, memcached_items, Backend};
 use common::scenarios;
 use common::*;
-use rrkv::drivers::BuildContext;
-use rrkv::server::ServeOptions;
 
 const S: &str = "memcached-rr";
-
-async fn start(yaml: &str) -> TestServer {
-    TestServer::start_at(
-        yaml,
-        "tcp://127.0.0.1:0",
-        BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await
-}
 
 fn yaml(servers: &[&Backend]) -> String {
     let addr = servers
@@ -34,7 +22,7 @@ fn yaml(servers: &[&Backend]) -> String {
 #[tokio::test]
 async fn upstream_memcached_scenario() {
     let (m1, m2) = (memcached(), memcached());
-    let server = start(&yaml(&[&m1, &m2])).await;
+    let server = TestServer::start(&yaml(&[&m1, &m2])).await;
     let mut kv = server.client().await;
 
     scenarios::set_has_mget_delete(&mut kv, S).await;
@@ -72,7 +60,7 @@ async fn upstream_memcached_scenario() {
 async fn keys_spread_by_weight_and_bad_keys_fail_before_the_network() {
     let (m1, m2) = (memcached(), memcached());
     // m1 listed twice: about two thirds of the keys.
-    let server = start(&yaml(&[&m1, &m1, &m2])).await;
+    let server = TestServer::start(&yaml(&[&m1, &m1, &m2])).await;
     let mut kv = server.client().await;
     let keys: Vec<String> = (0..3_000).map(|i| format!("session:{i}")).collect();
     kv.set(S, keys.iter().map(|k| item(k, "v", "")).collect())
@@ -87,7 +75,7 @@ async fn keys_spread_by_weight_and_bad_keys_fail_before_the_network() {
 
     // Keys memcached cannot hold are refused before any call: this server is not running.
     let port = free_port(false);
-    let server = start(&format!(
+    let server = TestServer::start(&format!(
         "kv:\n  {S}:\n    driver: memcached\n    config:\n      addr: [\"127.0.0.1:{port}\"]\n"
     ))
     .await;
@@ -109,7 +97,7 @@ async fn keys_spread_by_weight_and_bad_keys_fail_before_the_network() {
 #[tokio::test]
 async fn backend_down_at_start_killed_and_restarted() {
     let port = free_port(false);
-    let server = start(&format!(
+    let server = TestServer::start(&format!(
         "kv:\n  {S}:\n    driver: memcached\n    config:\n      addr: [\"127.0.0.1:{port}\"]\n  memory:\n    driver: memory\n"
     ))
     .await;

@@ -7,22 +7,10 @@ use bytes::BytesMut;
 use common::backends::{redis_cli, redis_server, Backend, RedisCluster};
 use common::scenarios;
 use common::*;
-use rrkv::drivers::BuildContext;
-use rrkv::server::ServeOptions;
 use rrkv_client::{Item, Request};
 use rrkv_protocol::frame::{self, flags};
 
 const S: &str = "redis-rr";
-
-async fn start(yaml: &str) -> TestServer {
-    TestServer::start_at(
-        yaml,
-        "tcp://127.0.0.1:0",
-        BuildContext::default(),
-        ServeOptions::default(),
-    )
-    .await
-}
 
 fn single(redis: &Backend, extra: &str) -> String {
     format!(
@@ -39,7 +27,7 @@ fn ms_of(rfc3339: &str) -> i64 {
 #[tokio::test]
 async fn upstream_redis_cases_with_millisecond_deadlines() {
     let redis = redis_server();
-    let server = start(&single(&redis, "")).await;
+    let server = TestServer::start(&single(&redis, "")).await;
     let mut kv = server.client().await;
 
     scenarios::set_has_mget_delete(&mut kv, S).await;
@@ -107,7 +95,7 @@ async fn config_from_the_global_section_and_missing_config() {
         "kv:\n  {S}:\n    driver: redis\n{S}:\n  addrs: [\"{}\"]\n",
         redis.address()
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     kv.set(S, vec![item("g", "1", "")]).await.unwrap();
     assert_eq!(redis_cli(redis.port, &["get", "g"]).trim(), "1");
@@ -142,7 +130,7 @@ async fn prefixes_isolate_storages_and_prefixed_clear_removes_only_its_keys() {
          glob:\n    driver: redis\n    config: {{ addrs: [\"{addr}\"], prefix: \"g*[\" }}\n  \
          whole:\n    driver: redis\n    config: {{ addrs: [\"{addr}\"] }}\n"
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
 
     kv.set("a", vec![item("k", "from a", "")]).await.unwrap();
@@ -197,7 +185,7 @@ async fn cluster_spreads_keys_and_answers_multi_slot_requests() {
         "kv:\n  cl:\n    driver: redis\n    config: {{ addrs: [{addrs}] }}\n  \
          clp:\n    driver: redis\n    config: {{ addrs: [{addrs}], prefix: \"p:\" }}\n"
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
 
     let keys: Vec<String> = (0..300).map(|i| format!("user:{i}")).collect();
@@ -272,7 +260,7 @@ async fn backend_down_at_start_killed_and_restarted() {
     let yaml = format!(
         "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"127.0.0.1:{port}\"]\n      dial_timeout: 1s\n  memory:\n    driver: memory\n"
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     let e = server_error(kv.set(S, vec![item("k", "v", "")]).await);
     assert!(
@@ -314,7 +302,7 @@ async fn backend_down_at_start_killed_and_restarted() {
 async fn a_hung_backend_stalls_neither_other_storages_nor_other_calls_on_the_connection() {
     let redis = redis_server();
     let yaml = single(&redis, "      read_timeout: 3s\n");
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     kv.set(S, vec![item("k", "v", "")]).await.unwrap();
 
@@ -372,7 +360,7 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
         "kv:\n  {S}:\n    driver: redis\n    config:\n      addrs: [\"{}\"]\n      master_name: mymaster\n      dial_timeout: 1s\n      read_timeout: 1s\n",
         sentinel.address()
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     kv.set(S, vec![item("k", "v1", "")]).await.unwrap();
     assert_eq!(redis_cli(master.port, &["get", "k"]).trim(), "v1");
@@ -401,7 +389,7 @@ async fn tls_with_a_client_certificate() {
         certs.client_key.display()
     );
     // TestTLSConnection: Set, Has and MGet over TLS.
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     kv.set(S, vec![item("secure", "yes", "")]).await.unwrap();
     assert_eq!(kv.has(S, &["secure"]).await.unwrap(), ["secure"]);
@@ -417,7 +405,7 @@ async fn tls_with_a_client_certificate() {
         redis.address(),
         certs.ca.display()
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     let e = server_error(kv.has(S, &["secure"]).await);
     assert!(e.contains(&redis.address()), "{e}");
@@ -438,7 +426,7 @@ async fn tls_with_a_client_certificate() {
 #[tokio::test]
 async fn ttl_falls_back_to_pttl_on_redis_before_7() {
     let redis = common::backends::redis_server_without_pexpiretime();
-    let server = start(&single(&redis, "")).await;
+    let server = TestServer::start(&single(&redis, "")).await;
     let mut kv = server.client().await;
     let deadline = in_ms(60_000);
     kv.set(S, vec![item("a", "1", &deadline), item("b", "2", "")])
@@ -469,7 +457,7 @@ async fn cluster_recovers_when_a_killed_node_comes_back() {
     let yaml = format!(
         "kv:\n  cl:\n    driver: redis\n    config: {{ addrs: [{addrs}], dial_timeout: 1s, read_timeout: 1s }}\n  memory:\n    driver: memory\n"
     );
-    let server = start(&yaml).await;
+    let server = TestServer::start(&yaml).await;
     let mut kv = server.client().await;
     let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();

@@ -62,6 +62,17 @@ impl TestServer {
         }
     }
 
+    /// A server for `yaml` on a free TCP port, with the real clock and default options.
+    pub async fn start(yaml: &str) -> TestServer {
+        TestServer::start_at(
+            yaml,
+            "tcp://127.0.0.1:0",
+            BuildContext::default(),
+            ServeOptions::default(),
+        )
+        .await
+    }
+
     /// Two memory storages, `memory` and `other`, on `listen`.
     pub async fn memory_at(listen: &str) -> TestServer {
         TestServer::start_at(
