@@ -34,16 +34,37 @@ async fn upstream_memcached_scenario() {
         "{e}"
     );
 
-    // Expiry: memcached counts whole seconds, so a key lives until its deadline rounded up.
-    let deadline = in_ms(1_200);
-    kv.set(S, vec![item("soon", "x", &deadline)]).await.unwrap();
-    assert_eq!(kv.has(S, &["soon"]).await.unwrap(), ["soon"]);
-    sleep_past(&in_ms(2_100)).await;
-    assert!(kv.has(S, &["soon"]).await.unwrap().is_empty());
+    // Expiry: memcached counts whole seconds on a clock that ticks once a second, so a TTL of
+    // n seconds ends n-1 to n seconds after the Set, depending on where in the tick it lands.
+    // Keys set at five points of a second must each still be there 200 ms before their
+    // deadline (TTLs of only the rounded-up seconds failed this) and be gone two seconds
+    // after it.
+    let mut deadlines = Vec::new();
+    for i in 0..5 {
+        let key = format!("soon{i}");
+        let deadline = in_ms(1_900);
+        kv.set(S, vec![item(&key, "x", &deadline)]).await.unwrap();
+        deadlines.push((key, deadline));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for (key, deadline) in &deadlines {
+        let at: jiff::Timestamp = deadline.parse().unwrap();
+        let check = (at - jiff::SignedDuration::from_millis(300)).to_string();
+        sleep_past(&check).await; // sleep_past adds 100 ms: 200 ms before the deadline
+        assert_eq!(
+            kv.has(S, &[key]).await.unwrap(),
+            [key.clone()],
+            "{key} gone before its deadline {deadline}"
+        );
+    }
+    let last: jiff::Timestamp = deadlines[4].1.parse().unwrap();
+    sleep_past(&(last + jiff::SignedDuration::from_secs(2)).to_string()).await;
+    let keys: Vec<&str> = deadlines.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kv.has(S, &keys).await.unwrap().is_empty());
 
     scenarios::past_deadline_deletes(&mut kv, S).await;
-    // MExpire is touch; memcached rounds the deadline up to the second.
-    scenarios::mexpire_keeps_value_then_expires(&mut kv, S, 1_000, 2_000).await;
+    // MExpire is touch, with the same rounding.
+    scenarios::mexpire_keeps_value_then_expires(&mut kv, S, 1_000, 3_000).await;
 
     // Clear: flush_all on every server; other storages keep their keys.
     kv.set("memory", vec![item("b", "m", "")]).await.unwrap();
