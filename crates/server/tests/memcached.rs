@@ -53,7 +53,7 @@ async fn upstream_memcached_scenario() {
         sleep_past(&check).await; // sleep_past adds 100 ms: 200 ms before the deadline
         assert_eq!(
             kv.has(S, &[key]).await.unwrap(),
-            [key.clone()],
+            std::slice::from_ref(key),
             "{key} gone before its deadline {deadline}"
         );
     }
