@@ -63,6 +63,26 @@ async fn upstream_memcached_scenario() {
     assert!(kv.has(S, &keys).await.unwrap().is_empty());
 
     scenarios::past_deadline_deletes(&mut kv, S).await;
+    // Within one Set, a later item with the same key wins, deletes included.
+    let past = in_ms(-1_000);
+    kv.set(
+        S,
+        vec![
+            item("dup", "old", ""),
+            item("dup", "x", &past),
+            item("dup", "new", ""),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kv.mget(S, &["dup"]).await.unwrap(),
+        [("dup".to_string(), "new".into())]
+    );
+    kv.set(S, vec![item("dup", "newer", ""), item("dup", "x", &past)])
+        .await
+        .unwrap();
+    assert!(kv.has(S, &["dup"]).await.unwrap().is_empty());
     // MExpire is touch, with the same rounding.
     scenarios::mexpire_keeps_value_then_expires(&mut kv, S, 1_000, 3_000).await;
 

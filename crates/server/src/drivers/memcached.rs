@@ -244,10 +244,10 @@ impl MemcachedStorage {
                 Op::from(if values { get } else { get.without_value() })
             })
             .collect();
-        let results = self.run(operations).await?;
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let results = self.run_for_keys(&names, operations).await?;
         let mut out = Vec::new();
         for (key, result) in keys.iter().zip(results) {
-            let result = result.map_err(|e| self.error(key.as_bytes(), e))?;
             if let OpResult::Get(get) = result {
                 if get.status == GetStatus::Hit {
                     out.push((key.clone(), get.value.map(Bytes::from).unwrap_or_default()));
@@ -257,17 +257,18 @@ impl MemcachedStorage {
         Ok(out)
     }
 
-    async fn delete_keys<'a>(
+    /// Runs one operation per key of `keys`, in order, in one batch; a failed operation
+    /// becomes an error naming its key's server.
+    async fn run_for_keys(
         &self,
-        keys: impl Iterator<Item = &'a str> + Clone,
-    ) -> Result<(), StorageError> {
-        let results = self
-            .run(keys.clone().map(|k| Op::from(Delete::new(k))).collect())
-            .await?;
-        for (key, result) in keys.zip(results) {
-            result.map_err(|e| self.error(key.as_bytes(), e))?;
-        }
-        Ok(())
+        keys: &[&str],
+        operations: Vec<Op>,
+    ) -> Result<Vec<OpResult>, StorageError> {
+        let results = self.run(operations).await?;
+        keys.iter()
+            .zip(results)
+            .map(|(key, result)| result.map_err(|e| self.error(key.as_bytes(), e)))
+            .collect()
     }
 }
 
@@ -284,6 +285,7 @@ struct Job {
 /// connection), and hands each job its slice of the results. Up to [`BATCHES_IN_FLIGHT`]
 /// batches run at once, so one slow exchange does not hold up the next. Operations of one job
 /// stay together and in order, and jobs keep their arrival order within a server's batch.
+/// Operations are moved into the batch, never copied.
 struct Multiplexer {
     jobs: mpsc::UnboundedSender<Job>,
     /// For requests that are not batched (the startup check).
@@ -315,31 +317,27 @@ impl Multiplexer {
                 let client = client.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    if batch.len() == 1 {
-                        let job = batch.pop().expect("one job");
-                        let result = client.run_batch(job.operations).await;
-                        let _ = job.reply.send(result.map_err(|e| e.to_string()));
-                        return;
-                    }
                     let mut sizes = Vec::with_capacity(batch.len());
+                    let mut replies = Vec::with_capacity(batch.len());
                     let mut operations = Vec::with_capacity(total);
-                    for job in &batch {
+                    for job in batch {
                         sizes.push(job.operations.len());
-                        operations.extend(job.operations.iter().cloned());
+                        replies.push(job.reply);
+                        operations.extend(job.operations);
                     }
                     match client.run_batch(operations).await {
                         Ok(results) => {
                             let mut results = results.into_iter();
-                            for (size, job) in sizes.into_iter().zip(batch) {
-                                let _ = job.reply.send(Ok(results.by_ref().take(size).collect()));
+                            for (size, reply) in sizes.into_iter().zip(replies) {
+                                let _ = reply.send(Ok(results.by_ref().take(size).collect()));
                             }
                         }
-                        // The batch was refused before anything was sent (an operation
-                        // failed validation): run each call alone, so only its own fails.
-                        Err(_) => {
-                            for job in batch {
-                                let result = client.run_batch(job.operations).await;
-                                let _ = job.reply.send(result.map_err(|e| e.to_string()));
+                        // Only validation refuses a whole batch, and `check_keys` has done
+                        // all of it before a call is queued.
+                        Err(e) => {
+                            let text = e.to_string();
+                            for reply in replies {
+                                let _ = reply.send(Err(text.clone()));
                             }
                         }
                     }
@@ -373,15 +371,14 @@ impl Router for RingRouter {
 }
 
 /// Fails before any network call if a key is one memcached cannot hold.
+/// Fails before any network call if a key is one memcached cannot hold.
+///
+/// This is the whole of what the client validates: a key with bytes outside printable ASCII
+/// travels base64-encoded, and the limit applies to the encoded form. So once these checks
+/// pass, a batch cannot be refused, and one call's keys cannot fail the calls it is batched
+/// with (see [`Multiplexer`]).
 fn check_keys<'a>(keys: impl Iterator<Item = &'a str>) -> Result<(), StorageError> {
     for key in keys {
-        if key.len() > MAX_KEY_LEN {
-            return Err(StorageError::Invalid(format!(
-                "key {:?}… is {} bytes; memcached keys are at most {MAX_KEY_LEN} bytes",
-                key.chars().take(32).collect::<String>(),
-                key.len()
-            )));
-        }
         if let Some(c) = key.bytes().find(|&b| b <= b' ' || b == 0x7f) {
             return Err(StorageError::Invalid(format!(
                 "key {key:?} contains {}; memcached keys cannot contain spaces or control characters",
@@ -390,6 +387,18 @@ fn check_keys<'a>(keys: impl Iterator<Item = &'a str>) -> Result<(), StorageErro
                 } else {
                     format!("the control character 0x{c:02x}")
                 }
+            )));
+        }
+        let wire_len = if key.is_ascii() {
+            key.len()
+        } else {
+            key.len().div_ceil(3) * 4 // base64
+        };
+        if wire_len > MAX_KEY_LEN {
+            return Err(StorageError::Invalid(format!(
+                "key {:?}… is {wire_len} bytes on the wire{}; memcached keys are at most {MAX_KEY_LEN} bytes",
+                key.chars().take(32).collect::<String>(),
+                if key.is_ascii() { "" } else { " (base64, for its non-ASCII bytes)" },
             )));
         }
     }
@@ -418,63 +427,50 @@ impl Storage for MemcachedStorage {
     async fn set(&self, items: Vec<SetItem>) -> Result<(), StorageError> {
         check_keys(items.iter().map(|i| i.key.as_str()))?;
         let now = self.clock.now_ms();
-        // A later item with the same key wins, as in one transaction: only the last one of
-        // each key is sent, so the per-server batches cannot reorder them.
-        let mut last: std::collections::HashMap<&str, usize> = Default::default();
-        for (index, item) in items.iter().enumerate() {
-            last.insert(item.key.as_str(), index);
-        }
-        let mut sets = Vec::new();
-        let mut expired = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            if last[item.key.as_str()] != index {
-                continue;
-            }
-            match item.deadline {
-                Some(deadline) if deadline <= now => expired.push(item.key.as_str()),
-                Some(deadline) => sets.push(
+        // Sets, and deletes for deadlines already past, go in item order in one batch: a
+        // key's operations all go to its server, in order, so a later item wins.
+        let mut keys = Vec::with_capacity(items.len());
+        let mut operations = Vec::with_capacity(items.len());
+        for item in &items {
+            keys.push(item.key.as_str());
+            operations.push(match item.deadline {
+                Some(deadline) if deadline <= now => Op::from(Delete::new(&item.key)),
+                Some(deadline) => Op::from(
                     Set::new(&item.key, &item.value).ttl_raw(self.expiration(deadline, now)?),
                 ),
-                None => sets.push(Set::new(&item.key, &item.value)),
-            }
+                None => Op::from(Set::new(&item.key, &item.value)),
+            });
         }
-        let keys: Vec<Vec<u8>> = sets.iter().map(|s| s.key.clone()).collect();
-        let results = self.run(sets.into_iter().map(Op::from).collect()).await?;
+        let results = self.run_for_keys(&keys, operations).await?;
         for (key, result) in keys.iter().zip(results) {
-            match result.map_err(|e| self.error(key, e))? {
-                OpResult::Mutation(m) if m.status == MutationStatus::Applied => {}
-                other => return Err(self.error(key, format!("set not stored ({other:?})"))),
+            match result {
+                OpResult::Mutation(m)
+                    if m.status == MutationStatus::Applied
+                        || m.status == MutationStatus::NotFound => {} // a delete of nothing
+                other => {
+                    return Err(self.error(key.as_bytes(), format!("set not stored ({other:?})")))
+                }
             }
         }
-        self.delete_keys(expired.iter().copied()).await
+        Ok(())
     }
 
     async fn mexpire(&self, items: Vec<(String, DeadlineMs)>) -> Result<(), StorageError> {
         check_keys(items.iter().map(|(k, _)| k.as_str()))?;
         let now = self.clock.now_ms();
-        let mut touches = Vec::new();
-        let mut expired = Vec::new();
+        let mut keys = Vec::with_capacity(items.len());
+        let mut operations = Vec::with_capacity(items.len());
         for (key, deadline) in &items {
-            if *deadline <= now {
-                expired.push(key.as_str());
+            keys.push(key.as_str());
+            operations.push(if *deadline <= now {
+                Op::from(Delete::new(key))
             } else {
-                touches.push((
-                    key,
-                    Get::new(key)
-                        .without_value()
-                        .touch_raw(self.expiration(*deadline, now)?),
-                ));
-            }
+                let ttl = self.expiration(*deadline, now)?;
+                Op::from(Get::new(key).without_value().touch_raw(ttl))
+            });
         }
-        let keys: Vec<&String> = touches.iter().map(|(k, _)| *k).collect();
-        let results = self
-            .run(touches.into_iter().map(|(_, t)| Op::from(t)).collect())
-            .await?;
-        for (key, result) in keys.into_iter().zip(results) {
-            // A miss is fine: MExpire leaves missing keys missing.
-            result.map_err(|e| self.error(key.as_bytes(), e))?;
-        }
-        self.delete_keys(expired.iter().copied()).await
+        // A miss is fine: MExpire leaves missing keys missing.
+        self.run_for_keys(&keys, operations).await.map(|_| ())
     }
 
     async fn ttl(
@@ -486,7 +482,10 @@ impl Storage for MemcachedStorage {
 
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
         check_keys(keys.iter().map(String::as_str))?;
-        self.delete_keys(keys.iter().map(String::as_str)).await
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let operations = names.iter().map(|k| Op::from(Delete::new(k))).collect();
+        // Misses are fine.
+        self.run_for_keys(&names, operations).await.map(|_| ())
     }
 
     async fn clear(&self) -> Result<(), StorageError> {
@@ -600,6 +599,12 @@ mod tests {
         assert!(e.contains("space"), "{e}");
         let e = check_keys(["a\nb"].into_iter()).unwrap_err().to_string();
         assert!(e.contains("0x0a"), "{e}");
+        // Non-ASCII keys travel base64-encoded: 200 bytes become 268 on the wire.
+        assert!(check_keys(["é".repeat(93).as_str()].into_iter()).is_ok()); // 186 -> 248
+        let e = check_keys(["é".repeat(100).as_str()].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("268 bytes on the wire"), "{e}");
     }
 
     #[test]

@@ -460,11 +460,24 @@ impl RedisStorage {
         })
     }
 
-    fn stored_key(&self, key: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.prefix.len() + key.len());
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(key.as_bytes());
-        out
+    /// Appends `key`, under the prefix, as one argument of `command`; without a prefix the
+    /// key is written as it is, with no intermediate copy.
+    fn push_key(&self, command: &mut Cmd, key: &str) {
+        if self.prefix.is_empty() {
+            command.arg(key);
+        } else {
+            let mut stored = Vec::with_capacity(self.prefix.len() + key.len());
+            stored.extend_from_slice(&self.prefix);
+            stored.extend_from_slice(key.as_bytes());
+            command.arg(stored);
+        }
+    }
+
+    /// `name key`: a one-key command.
+    fn key_command(&self, name: &str, key: &str) -> Cmd {
+        let mut command = redis::cmd(name);
+        self.push_key(&mut command, key);
+        command
     }
 
     fn error(&self, e: RedisError) -> StorageError {
@@ -524,17 +537,12 @@ impl RedisStorage {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection().await?;
-        let result = match &mut connection {
+        if commands.len() == 1 {
             // One command is atomic by itself and needs no pipeline.
-            Connection::Cluster(_) | Connection::Manager(_) if commands.len() == 1 => {
-                let command = commands.into_iter().next().expect("one command");
-                match &mut connection {
-                    Connection::Cluster(c) => command.query_async::<Value>(c).await,
-                    Connection::Manager(m) => command.query_async::<Value>(m).await,
-                }
-                .map(|value| vec![value])
-            }
+            let value = self.single::<Value>(&commands[0]).await?;
+            return Ok(vec![value]);
+        }
+        let result = match self.connection().await? {
             Connection::Cluster(cluster) => {
                 let calls = commands.into_iter().map(|command| {
                     let mut cluster = cluster.clone();
@@ -542,7 +550,7 @@ impl RedisStorage {
                 });
                 futures_util::future::try_join_all(calls).await
             }
-            Connection::Manager(manager) => {
+            Connection::Manager(mut manager) => {
                 let mut pipe = redis::pipe();
                 if atomic {
                     pipe.atomic();
@@ -550,18 +558,17 @@ impl RedisStorage {
                 for command in commands {
                     pipe.add_command(command);
                 }
-                pipe.query_async::<Vec<Value>>(manager).await
+                pipe.query_async::<Vec<Value>>(&mut manager).await
             }
         };
         result.map_err(|e| self.failed(e))
     }
 
     /// One command, routed by the client.
-    async fn single<T: redis::FromRedisValue>(&self, command: Cmd) -> Result<T, StorageError> {
-        let mut connection = self.connection().await?;
-        let result = match &mut connection {
-            Connection::Cluster(c) => command.query_async(c).await,
-            Connection::Manager(m) => command.query_async(m).await,
+    async fn single<T: redis::FromRedisValue>(&self, command: &Cmd) -> Result<T, StorageError> {
+        let result = match self.connection().await? {
+            Connection::Cluster(mut c) => command.query_async(&mut c).await,
+            Connection::Manager(mut m) => command.query_async(&mut m).await,
         };
         result.map_err(|e| self.failed(e))
     }
@@ -571,7 +578,7 @@ impl RedisStorage {
         if self.pexpiretime.load(Ordering::Relaxed) {
             let commands = keys
                 .iter()
-                .map(|k| redis::cmd("PEXPIRETIME").arg(self.stored_key(k)).clone())
+                .map(|k| self.key_command("PEXPIRETIME", k))
                 .collect();
             let deadlines = self
                 .per_key(commands, false)
@@ -586,10 +593,7 @@ impl RedisStorage {
                 Err(e) => return Err(e),
             }
         }
-        let commands = keys
-            .iter()
-            .map(|k| redis::cmd("PTTL").arg(self.stored_key(k)).clone())
-            .collect();
+        let commands = keys.iter().map(|k| self.key_command("PTTL", k)).collect();
         let now = self.clock.now_ms() as i64;
         self.per_key(commands, false)
             .await?
@@ -645,7 +649,7 @@ impl RedisStorage {
                 for key in chunk {
                     unlink.arg(key);
                 }
-                self.single::<i64>(unlink).await?;
+                self.single::<i64>(&unlink).await?;
             }
             if next == 0 {
                 return Ok(());
@@ -656,9 +660,7 @@ impl RedisStorage {
 
     /// The primaries of the cluster, from CLUSTER NODES.
     async fn cluster_primaries(&self) -> Result<Vec<(String, u16)>, StorageError> {
-        let text: String = self
-            .single(redis::cmd("CLUSTER").arg("NODES").clone())
-            .await?;
+        let text: String = self.single(redis::cmd("CLUSTER").arg("NODES")).await?;
         let mut out = Vec::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -748,10 +750,7 @@ impl Storage for RedisStorage {
     }
 
     async fn has(&self, keys: &[String]) -> Result<Vec<String>, StorageError> {
-        let commands = keys
-            .iter()
-            .map(|k| redis::cmd("EXISTS").arg(self.stored_key(k)).clone())
-            .collect();
+        let commands = keys.iter().map(|k| self.key_command("EXISTS", k)).collect();
         let replies = self.per_key(commands, false).await?;
         let mut out = Vec::new();
         for (key, reply) in keys.iter().zip(replies) {
@@ -765,9 +764,9 @@ impl Storage for RedisStorage {
     async fn mget(&self, keys: &[String]) -> Result<Vec<(String, Bytes)>, StorageError> {
         let mut mget = redis::cmd("MGET");
         for key in keys {
-            mget.arg(self.stored_key(key));
+            self.push_key(&mut mget, key);
         }
-        let values: Vec<Value> = self.single(mget).await?;
+        let values: Vec<Value> = self.single(&mget).await?;
         Ok(keys
             .iter()
             .zip(values)
@@ -779,17 +778,15 @@ impl Storage for RedisStorage {
         let now = self.clock.now_ms();
         let commands = items
             .into_iter()
-            .map(|item| {
-                let key = self.stored_key(&item.key);
-                match item.deadline {
-                    Some(deadline) if deadline <= now => redis::cmd("DEL").arg(key).clone(),
-                    Some(deadline) => redis::cmd("SET")
-                        .arg(key)
-                        .arg(item.value.as_ref())
-                        .arg("PXAT")
-                        .arg(deadline)
-                        .clone(),
-                    None => redis::cmd("SET").arg(key).arg(item.value.as_ref()).clone(),
+            .map(|item| match item.deadline {
+                Some(deadline) if deadline <= now => self.key_command("DEL", &item.key),
+                deadline => {
+                    let mut set = self.key_command("SET", &item.key);
+                    set.arg(item.value.as_ref());
+                    if let Some(deadline) = deadline {
+                        set.arg("PXAT").arg(deadline);
+                    }
+                    set
                 }
             })
             .collect();
@@ -806,10 +803,9 @@ impl Storage for RedisStorage {
         let commands = items
             .iter()
             .map(|(key, deadline)| {
-                redis::cmd("PEXPIREAT")
-                    .arg(self.stored_key(key))
-                    .arg(*deadline)
-                    .clone()
+                let mut expire = self.key_command("PEXPIREAT", key);
+                expire.arg(*deadline);
+                expire
             })
             .collect();
         for reply in self.per_key(commands, true).await? {
@@ -837,14 +833,14 @@ impl Storage for RedisStorage {
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
         let mut unlink = redis::cmd("UNLINK");
         for key in keys {
-            unlink.arg(self.stored_key(key));
+            self.push_key(&mut unlink, key);
         }
-        self.single::<i64>(unlink).await.map(|_| ())
+        self.single::<i64>(&unlink).await.map(|_| ())
     }
 
     async fn clear(&self) -> Result<(), StorageError> {
         if self.prefix.is_empty() {
-            return self.single::<()>(redis::cmd("FLUSHDB")).await;
+            return self.single::<()>(&redis::cmd("FLUSHDB")).await;
         }
         match &self.backend {
             Backend::Cluster(_) => {
@@ -866,7 +862,7 @@ impl Storage for RedisStorage {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
-        self.single::<redis::Value>(redis::cmd("PING"))
+        self.single::<redis::Value>(&redis::cmd("PING"))
             .await
             .map(|_| ())
     }
